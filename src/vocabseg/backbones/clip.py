@@ -1,0 +1,93 @@
+"""Building open_clip models: architecture by name, weights by tag or file.
+
+``create_clip(arch, weights)`` returns the open_clip model, its tokenizer and an
+identity string naming architecture + weights exactly (it keys the text cache).
+``weights`` is an open_clip pretrained tag (``openai``, ``laion2b_...``), a
+local file, or None for random init. Tiny architectures (``tiny-vit``,
+``tiny-convnext``) are registered from ``configs/`` for tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+_registered = False
+
+# OpenAI CLIP mean / std, used by every CLIP here.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class WeightsNotFound(FileNotFoundError):
+    """A weight file is missing and cannot be fetched; the message says how to supply it."""
+
+
+def register_configs() -> None:
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    st = os.stat(path)
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def tensor_fingerprint(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def create_clip(arch: str, weights: str | None = None, device: str | torch.device = "cpu"):
+    """(model, tokenizer, identity). Raises WeightsNotFound with instructions
+    when pretrained weights cannot be found or fetched."""
+    register_configs()
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP architecture {arch!r}")
+    quick_gelu = False
+    if weights and not os.path.isfile(weights):
+        cfg = open_clip.get_pretrained_cfg(arch, weights)
+        if not cfg:
+            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+            raise ValueError(f"unknown weights {weights!r} for {arch}; open_clip knows: {', '.join(tags) or 'none'}")
+        quick_gelu = bool(cfg.get("quick_gelu", False))
+    elif weights:
+        quick_gelu = weights_need_quick_gelu(arch, weights)
+    try:
+        model = open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu,
+                                       cache_dir=str(clip_cache_dir()))
+    except (RuntimeError, OSError) as e:  # huggingface_hub / urllib failures are OSError or RuntimeError
+        if weights and not os.path.isfile(weights):
+            raise WeightsNotFound(
+                f"could not get CLIP weights {arch}/{weights} ({type(e).__name__}: {str(e)[:200]}). "
+                f"Download them where you have network (they are cached under {clip_cache_dir()}), "
+                f"or pass a local file with --clip-weights PATH") from None
+        raise
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+    if weights is None:
+        identity = f"{arch}:random:{tensor_fingerprint(model)}"
+    elif os.path.isfile(weights):
+        identity = f"{arch}:file:{file_fingerprint(weights)}"
+    else:
+        identity = f"{arch}:{weights}"
+    return model, tokenizer, identity
+
+
+def weights_need_quick_gelu(arch: str, path: str) -> bool:
+    """OpenAI CLIP weights use QuickGELU; a local file named like them does too."""
+    return "openai" in Path(path).name.lower()
+
+
+def clip_cache_dir() -> Path:
+    from ..text import vocabseg_home
+    return vocabseg_home() / "clip"

@@ -1,0 +1,124 @@
+"""Model zoo: preset name -> builder + where its weights come from.
+
+Each model module (``vocabseg.models.<family>``) declares ``PRESETS``, a dict of
+``ModelSpec`` (one small builder per variant, as data). ``get_spec(name)`` finds
+one; ``fetch_weights(spec)`` downloads a published file through
+huggingface_hub or a URL (checked against sha256) into ``$VOCABSEG_HOME``.
+Nothing here touches the network at import time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .backbones.clip import WeightsNotFound
+from .text import vocabseg_home
+
+FAMILIES = ["maskclip", "san", "fcclip", "segclip"]
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A published weight file: on the Hugging Face Hub (``repo_id`` + ``filename``)
+    or at a ``url``; ``sha256`` checks it when known."""
+    filename: str
+    repo_id: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    build: Callable            # build(**overrides) -> SegModel with random (or CLIP-pretrained) weights
+    description: str = ""
+    weights: WeightSource | None = None   # published checkpoint of the whole model, if any
+    clip: tuple[str, str | None] | None = None  # (open_clip arch, weight tag) the model starts from
+    published: dict = field(default_factory=dict)  # benchmark -> published number, from the specs
+    test_only: bool = False    # tiny presets: random init, for tests
+
+
+def all_specs(include_test: bool = False) -> dict[str, ModelSpec]:
+    specs: dict[str, ModelSpec] = {}
+    for fam in FAMILIES:
+        try:
+            mod = importlib.import_module(f"vocabseg.models.{fam}")
+        except ModuleNotFoundError as e:
+            if e.name == f"vocabseg.models.{fam}":
+                continue  # family not built yet
+            raise
+        for name, spec in getattr(mod, "PRESETS", {}).items():
+            if include_test or not spec.test_only:
+                specs[name] = spec
+    return specs
+
+
+def get_spec(name: str) -> ModelSpec:
+    specs = all_specs(include_test=True)
+    if name not in specs:
+        shown = sorted(n for n, s in specs.items() if not s.test_only)
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(shown)}")
+    return specs[name]
+
+
+def weights_dir() -> Path:
+    return vocabseg_home() / "weights"
+
+
+def cached_weights(src: WeightSource) -> Path:
+    return weights_dir() / src.filename
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_weights(spec: ModelSpec) -> Path:
+    """Local path of ``spec``'s published checkpoint, downloading it on first use."""
+    src = spec.weights
+    if src is None:
+        raise ValueError(f"model {spec.name} has no published checkpoint")
+    target = cached_weights(src)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    how = (f"Download {src.filename} from "
+           + (f"https://huggingface.co/{src.repo_id}" if src.repo_id else src.url)
+           + f" and pass it with --weights PATH (Python: weights=PATH), or place it at {target}")
+    try:
+        if src.repo_id:
+            from huggingface_hub import hf_hub_download
+            path = Path(hf_hub_download(src.repo_id, src.filename, cache_dir=str(weights_dir() / "hf")))
+            os.link(path, target) if not target.exists() else None
+        else:
+            tmp = target.with_suffix(target.suffix + ".part")
+            _download(src.url, tmp)
+            os.replace(tmp, target)
+    except Exception as e:  # no network, 404, ...: one clear message
+        raise WeightsNotFound(f"model {spec.name} needs {src.filename}, which could not be downloaded "
+                              f"({type(e).__name__}). {how}") from None
+    if src.sha256 and sha256_file(target) != src.sha256:
+        bad = target.with_suffix(target.suffix + ".bad")
+        os.replace(target, bad)
+        raise WeightsNotFound(f"{src.filename} does not match its sha256 (moved to {bad}). {how}")
+    return target
+
+
+def _download(url: str, dest: Path) -> None:
+    from tqdm.auto import tqdm
+    with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+        total = int(r.headers.get("Content-Length") or 0)
+        with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
+            for block in iter(lambda: r.read(1 << 20), b""):
+                f.write(block)
+                bar.update(len(block))

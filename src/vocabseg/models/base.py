@@ -1,0 +1,94 @@
+"""What every vocabseg model provides.
+
+A model splits its work in two so that a new vocabulary on the same image
+reruns only the cheap part:
+
+* ``encode_image(images)`` — everything that does not depend on the
+  vocabulary (CLIP features, masks, region tokens); any object.
+* ``classify(features, text, vocab)`` — [B, K, h, w] scores at the input
+  resolution, where K is the number of synonyms or of classes (the model's
+  choice, the same for every window). Windows of a sliding-window pass are
+  averaged in this space and resized to the original image.
+* ``finalize(scores, vocab)`` — [B, C, H, W] per-class scores (higher is
+  more likely; probabilities where the method has them), after which the
+  label map is the argmax.
+
+``text`` is the [S, D] unit-norm synonym embeddings from ``text_encoder()``.
+The test-time protocol (short side, whole or sliding window, padding) lives
+in ``protocol`` and is carried out by ``engine.inference``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+
+import torch
+import torch.nn as nn
+
+from ..backbones.clip import CLIP_MEAN, CLIP_STD
+from ..text import TextEncoder
+from ..vocab import Vocabulary
+
+
+@dataclass
+class Protocol:
+    """Test-time protocol: resize so the short side is ``short_side`` (long side
+    at most ``max_side``), then one ``whole`` pass (padded to a multiple of
+    ``size_divisibility``) or ``slide`` windows of ``window`` with ``stride``."""
+    short_side: int = 640
+    max_side: int = 2560
+    mode: str = "whole"
+    window: int = 224
+    stride: int = 112
+    size_divisibility: int = 32
+    pad_value: float = 0.0  # in normalised units; 0 is the mean colour
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SegModel(nn.Module):
+    """Base class. Subclasses set ``protocol``, ``template_set``, ``text_average``
+    and implement ``encode_image`` / ``classify`` (and ``finalize`` if needed)."""
+
+    template_set: str = "vild"
+    text_average: str = "normalized"
+
+    def __init__(self):
+        super().__init__()
+        self.protocol = Protocol()
+        self.config: dict = {}
+        self._text_encoders: dict = {}
+
+    # --- text side -----------------------------------------------------
+    def text_tower(self):
+        """(open_clip model holding the text tower, tokenizer, identity string)."""
+        raise NotImplementedError
+
+    def text_encoder(self, template_set: str | None = None) -> TextEncoder:
+        key = template_set or self.template_set
+        if key not in self._text_encoders:
+            clip, tok, ident = self.text_tower()
+            self._text_encoders[key] = TextEncoder(clip, tok, ident, key, average=self.text_average)
+        return self._text_encoders[key]
+
+    def reset_text_cache(self) -> None:
+        """Call after changing text weights in place (training, loading)."""
+        self._text_encoders.clear()
+
+    # --- image side ----------------------------------------------------
+    def encode_image(self, images: torch.Tensor):
+        raise NotImplementedError
+
+    def classify(self, features, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+        return scores
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, vocab: Vocabulary, text: torch.Tensor | None = None) -> torch.Tensor:
+        """Shortcut for one pass on already-normalised images: [B, C, h, w]."""
+        text = self.text_encoder()(vocab) if text is None else text
+        return self.finalize(self.classify(self.encode_image(images), text.to(images.device), vocab), vocab)

@@ -1,0 +1,192 @@
+"""Prompt templates and the text encoder with its on-disk embedding cache.
+
+Each name is put in every template, encoded by CLIP's text tower; the template
+embeddings are L2-normalised, averaged and re-normalised (``average="normalized"``,
+SAN / FC-CLIP / CLIP) or averaged raw and then normalised (``average="raw"``,
+SegCLIP). Results are cached under ``$VOCABSEG_HOME/text`` keyed by the CLIP
+identity (architecture + weights), the template set and the names.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .vocab import Vocabulary
+
+SINGLE = ["a photo of a {}."]
+
+VILD = [
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+]
+
+
+def _imagenet_templates() -> list[str]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
+def templates(name: str | Sequence[str]) -> list[str]:
+    """A template set by name (``single``, ``vild``, ``imagenet``) or a list of
+    strings each holding one ``{}``."""
+    if not isinstance(name, str):
+        out = list(name)
+    elif name == "single":
+        out = list(SINGLE)
+    elif name == "vild":
+        out = list(VILD)
+    elif name == "imagenet":
+        out = _imagenet_templates()
+    else:
+        raise ValueError(f"unknown template set {name!r}; use single, vild or imagenet")
+    for t in out:
+        if t.count("{}") != 1:
+            raise ValueError(f"template {t!r} must hold exactly one '{{}}'")
+    return out
+
+
+TEMPLATE_SETS = ("single", "vild", "imagenet")
+
+
+def vocabseg_home() -> Path:
+    return Path(os.environ.get("VOCABSEG_HOME", Path.home() / ".cache" / "vocabseg"))
+
+
+def encode_text_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP text features for token ids [N, 77] -> [N, D] (not normalised).
+
+    Runs only up to the longest prompt's end-of-text token: CLIP's causal mask
+    keeps later (padding) tokens from reaching it, so this equals the full pass.
+    """
+    if not _standard_text_tower(clip_model):
+        return clip_model.encode_text(tokens)
+    length = int((tokens != 0).sum(1).max().item())
+    length = max(1, min(length, tokens.shape[1]))
+    t = tokens[:, :length]
+    cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else None
+    x = clip_model.token_embedding(t)
+    if cast is not None:
+        x = x.to(cast)
+    x = x + clip_model.positional_embedding[:length].to(x.dtype)
+    mask = clip_model.attn_mask[:length, :length] if clip_model.attn_mask is not None else None
+    x = clip_model.transformer(x, attn_mask=mask)
+    x = clip_model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), t.argmax(dim=-1)]
+    proj = clip_model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def _standard_text_tower(m) -> bool:
+    return (hasattr(m, "token_embedding") and hasattr(m, "transformer") and hasattr(m, "ln_final")
+            and getattr(m, "text_pool_type", "argmax") == "argmax" and getattr(m, "attn_mask", None) is not None)
+
+
+class TextEncoder:
+    """Encodes class names with prompt templates through a CLIP text tower.
+
+    ``clip_model`` is an open_clip CLIP (or anything with ``encode_text``),
+    ``tokenizer`` its tokenizer, ``identity`` a string that names the text
+    weights exactly (architecture + weight tag or file fingerprint); it keys
+    the cache, so two different weights must never share it.
+    """
+
+    def __init__(self, clip_model, tokenizer, identity: str, template_set: str | Sequence[str] = "vild",
+                 average: str = "normalized", cache: bool = True, batch_size: int = 256):
+        if average not in ("normalized", "raw"):
+            raise ValueError("average must be 'normalized' or 'raw'")
+        self.clip_model = clip_model
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.template_set = template_set
+        self.templates = templates(template_set)
+        self.average = average
+        self.cache = cache
+        self.batch_size = batch_size
+        self._memory: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------
+    def cache_key(self, names: Sequence[str]) -> str:
+        blob = json.dumps({"id": self.identity, "templates": self.templates, "avg": self.average,
+                           "names": list(names)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def cache_path(self, names: Sequence[str]) -> Path:
+        ident = hashlib.sha256(self.identity.encode()).hexdigest()[:16]
+        return vocabseg_home() / "text" / ident / f"{self.cache_key(names)}.pt"
+
+    def __call__(self, vocab: Vocabulary | Sequence[str]) -> torch.Tensor:
+        """[S, D] unit-norm embeddings, one per synonym (``vocab.prompts``)."""
+        names = vocab.prompts if isinstance(vocab, Vocabulary) else list(vocab)
+        return self.encode_names(names)
+
+    def encode_names(self, names: Sequence[str]) -> torch.Tensor:
+        key = self.cache_key(names)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.cache_path(names)
+        emb = None
+        if self.cache and path.is_file():
+            try:
+                emb = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a torn or foreign file: encode again and overwrite it
+                emb = None
+            if emb is not None and (emb.ndim != 2 or emb.shape[0] != len(names)):
+                emb = None
+        if emb is None:
+            emb = self._encode(names)
+            if self.cache:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                torch.save(emb, tmp)
+                os.replace(tmp, path)
+        self._memory[key] = emb
+        return emb
+
+    @torch.no_grad()
+    def _encode(self, names: Sequence[str]) -> torch.Tensor:
+        prompts = [t.format(n) for n in names for t in self.templates]
+        device = _device_of(self.clip_model)
+        feats = []
+        bar = tqdm(total=len(prompts), desc="encoding prompts", unit="prompt",
+                   disable=len(prompts) < 2000, leave=False)
+        for i in range(0, len(prompts), self.batch_size):
+            tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(device)
+            feats.append(encode_text_tokens(self.clip_model, tokens).float().cpu())
+            bar.update(tokens.shape[0])
+        bar.close()
+        f = torch.cat(feats).view(len(names), len(self.templates), -1)
+        return average_templates(f, self.average)
+
+
+def average_templates(features: torch.Tensor, average: str = "normalized") -> torch.Tensor:
+    """[N, T, D] per-template features -> [N, D] unit-norm class embeddings."""
+    if average == "normalized":
+        features = F.normalize(features, dim=-1)
+    return F.normalize(features.mean(dim=1), dim=-1)
+
+
+def _device_of(module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

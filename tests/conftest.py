@@ -1,0 +1,16 @@
+import os
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own VOCABSEG_HOME and datasets root, and no network."""
+    monkeypatch.setenv("VOCABSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VOCABSEG_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    yield
+
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
