@@ -1,0 +1,332 @@
+"""Training-time augmentations shared by the SAN and FC-CLIP recipes.
+
+Every transform takes a dataset item dict and returns a new dict (the input is
+not modified) whose spatial entries stay aligned with the image:
+
+- ``image``: uint8 Tensor[3, H, W] (RGB)
+- ``sem_seg``: LongTensor[H, W], ``ignore_index`` where ignored (padding too)
+- ``pan_seg``: LongTensor[H, W] panoptic segment ids (padding gets 0, the
+  COCO-panoptic "void" id, which no segment uses)
+- ``instances``: dict(labels=LongTensor[N], masks=BoolTensor[N, H, W]) (padding False)
+
+Other keys (``segments_info``, ``file_name``, ...) are copied unchanged.
+
+Randomness: each transform takes ``rng``, a ``numpy.random.Generator``; when it is
+None a generator is seeded from torch's global RNG, so ``torch.manual_seed`` (and
+DataLoader worker seeding) makes a run reproducible.
+
+The geometry follows detectron2: ``ResizeShortestEdge`` ("choice" sampling, the
+rounding of ``get_output_shape``), ``RandomCrop_CategoryAreaConstraint``,
+``ResizeScale`` + ``FixedSizeCrop`` (LSJ), and the SSD colour distortion of
+MaskFormer's ``ColorAugSSDTransform`` (brightness ±32, contrast and saturation
+0.5–1.5, hue ±18 on OpenCV's 0..179 hue scale). Images are resized bilinearly
+with antialiasing (like PIL), labels with centre-aligned nearest neighbour.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+IMAGE_PAD = 128
+PAN_PAD = 0
+
+Item = dict
+
+
+def _rng(rng: np.random.Generator | None) -> np.random.Generator:
+    if rng is not None:
+        return rng
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+# --- geometric primitives (applied to every spatial entry) ---------------------
+def _map_spatial(item: Item, image_fn, label_fn, ignore_index: int | None = None) -> Item:
+    """Apply ``image_fn`` to the image and ``label_fn(x, pad_value)`` to sem_seg
+    (pad ``ignore_index``, else the item's ``ignore_index`` key, else 255), pan_seg
+    (pad 0) and instance masks (pad False)."""
+    out = dict(item)
+    out["image"] = image_fn(item["image"])
+    if "sem_seg" in item:
+        ignore = ignore_index if ignore_index is not None else item.get("ignore_index", 255)
+        out["sem_seg"] = label_fn(item["sem_seg"], ignore)
+    if "pan_seg" in item:
+        out["pan_seg"] = label_fn(item["pan_seg"], PAN_PAD)
+    if "instances" in item:
+        inst = dict(item["instances"])
+        m = inst["masks"]
+        if m.shape[0] == 0:
+            h, w = out["image"].shape[-2:]
+            inst["masks"] = torch.zeros((0, h, w), dtype=torch.bool)
+        else:
+            inst["masks"] = label_fn(m, False)
+        out["instances"] = inst
+    return out
+
+
+def resize(item: Item, size: tuple[int, int]) -> Item:
+    """Resize to ``size`` = (H, W): bilinear + antialias for the image, nearest for labels."""
+    h, w = item["image"].shape[-2:]
+    if (h, w) == tuple(size):
+        return dict(item)
+
+    def img(x):
+        return TF.resize(x, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+    def lab(x, _pad):
+        y = x[None] if x.dim() == 2 else x
+        dtype = y.dtype
+        y = F.interpolate(y[None].float(), size=size, mode="nearest-exact")[0]
+        y = y.to(dtype)
+        return y[0] if x.dim() == 2 else y
+
+    return _map_spatial(item, img, lab)
+
+
+def crop(item: Item, y0: int, x0: int, h: int, w: int) -> Item:
+    """Crop rows y0:y0+h and columns x0:x0+w (must lie inside the image)."""
+    H, W = item["image"].shape[-2:]
+    if y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
+        raise ValueError(f"crop ({y0}, {x0}, {h}, {w}) outside image of size {(H, W)}")
+    return _map_spatial(item, lambda x: x[..., y0:y0 + h, x0:x0 + w].clone(),
+                        lambda x, _p: x[..., y0:y0 + h, x0:x0 + w].clone())
+
+
+def pad_to(item: Item, h: int, w: int, ignore_index: int | None = None) -> Item:
+    """Pad bottom/right up to at least (h, w): image 128, sem_seg ``ignore_index``
+    (default: the item's ``ignore_index`` key, else 255), pan_seg 0, masks False."""
+    H, W = item["image"].shape[-2:]
+    ph, pw = max(h - H, 0), max(w - W, 0)
+    if ph == 0 and pw == 0:
+        return dict(item)
+    return _map_spatial(item, lambda x: F.pad(x, (0, pw, 0, ph), value=IMAGE_PAD),
+                        lambda x, p: F.pad(x, (0, pw, 0, ph), value=p), ignore_index)
+
+
+def hflip(item: Item) -> Item:
+    return _map_spatial(item, lambda x: x.flip(-1), lambda x, _p: x.flip(-1))
+
+
+# --- random transforms -------------------------------------------------------
+def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge output (H, W) for a target short side."""
+    scale = short / min(h, w)
+    nh, nw = (short, scale * w) if h < w else (scale * h, short)
+    if max(nh, nw) > max_size:
+        s = max_size / max(nh, nw)
+        nh, nw = nh * s, nw * s
+    return int(nh + 0.5), int(nw + 0.5)
+
+
+class ResizeShortestEdge:
+    """Short side drawn uniformly from ``short_sizes``, long side capped at ``max_size``."""
+
+    def __init__(self, short_sizes: Sequence[int], max_size: int):
+        self.short_sizes = list(short_sizes)
+        self.max_size = max_size
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        short = int(_rng(rng).choice(self.short_sizes))
+        h, w = item["image"].shape[-2:]
+        return resize(item, shortest_edge_size(h, w, short, self.max_size))
+
+
+class RandomCrop:
+    """Crop ``size`` = (h, w) (or the whole side when the image is smaller), then pad to
+    ``size`` with 128 / ignore when ``pad``. With ``cat_max_ratio`` < 1, up to 10
+    crops are tried until one holds more than one class and no class (ignore
+    excluded) covers ``cat_max_ratio`` of its labelled pixels (SAN / MaskFormer's
+    category-area constraint)."""
+
+    def __init__(self, size: int | tuple[int, int], cat_max_ratio: float = 1.0, pad: bool = True,
+                 ignore_index: int | None = None):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.cat_max_ratio = cat_max_ratio
+        self.pad = pad
+        self.ignore_index = ignore_index
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        rng = _rng(rng)
+        H, W = item["image"].shape[-2:]
+        ch, cw = min(H, self.size[0]), min(W, self.size[1])
+        y0, x0 = int(rng.integers(H - ch + 1)), int(rng.integers(W - cw + 1))
+        if self.cat_max_ratio < 1.0 and "sem_seg" in item:
+            ignore = self.ignore_index if self.ignore_index is not None else item.get("ignore_index", 255)
+            for _ in range(10):
+                patch = item["sem_seg"][y0:y0 + ch, x0:x0 + cw]
+                cnt = torch.unique(patch[patch != ignore], return_counts=True)[1]
+                if len(cnt) > 1 and cnt.max() < cnt.sum() * self.cat_max_ratio:
+                    break
+                y0, x0 = int(rng.integers(H - ch + 1)), int(rng.integers(W - cw + 1))
+        out = crop(item, y0, x0, ch, cw)
+        return pad_to(out, *self.size, ignore_index=self.ignore_index) if self.pad else out
+
+
+class RandomFlip:
+    """Horizontal flip with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        return hflip(item) if _rng(rng).random() < self.p else dict(item)
+
+
+class ResizeScale:
+    """LSJ resize: scale s ~ U(min_scale, max_scale); fit the image inside s * (th, tw)."""
+
+    def __init__(self, min_scale: float, max_scale: float, target: tuple[int, int]):
+        self.min_scale, self.max_scale, self.target = min_scale, max_scale, target
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        s = _rng(rng).uniform(self.min_scale, self.max_scale)
+        h, w = item["image"].shape[-2:]
+        r = min(self.target[0] * s / h, self.target[1] * s / w)
+        return resize(item, (int(np.round(h * r)), int(np.round(w * r))))
+
+
+class FixedSizeCrop:
+    """LSJ crop: one uniform draw places a ``size`` window (same fraction on both
+    axes, like detectron2), then pad to ``size`` with 128 / ignore / void."""
+
+    def __init__(self, size: tuple[int, int], ignore_index: int | None = None):
+        self.size = size
+        self.ignore_index = ignore_index
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        H, W = item["image"].shape[-2:]
+        u = _rng(rng).uniform(0.0, 1.0)
+        y0, x0 = int(np.round(max(H - self.size[0], 0) * u)), int(np.round(max(W - self.size[1], 0) * u))
+        out = crop(item, y0, x0, min(H, self.size[0]), min(W, self.size[1]))
+        return pad_to(out, *self.size, ignore_index=self.ignore_index)
+
+
+class ColorJitter:
+    """SSD photometric distortion on the image only (labels untouched): brightness
+    (p=.5, ±``brightness``), then either contrast→saturation→hue or
+    saturation→hue→contrast, each with p=.5. Values clip to 0..255 after each step."""
+
+    def __init__(self, brightness: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue: int = 18):
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        rng = _rng(rng)
+        x = item["image"].permute(1, 2, 0).numpy().astype(np.float32)  # H, W, 3 RGB
+
+        def conv(v, alpha=1.0, beta=0.0):
+            return np.floor(np.clip(v * alpha + beta, 0, 255))  # uint8 cast truncates
+
+        if rng.integers(2):
+            x = conv(x, beta=rng.uniform(-self.brightness, self.brightness))
+        steps = ["contrast", "saturation", "hue"] if rng.integers(2) else ["saturation", "hue", "contrast"]
+        for step in steps:
+            if not rng.integers(2):
+                continue
+            if step == "contrast":
+                x = conv(x, alpha=rng.uniform(*self.contrast))
+            elif step == "saturation":
+                hsv = rgb_to_hsv(x)
+                hsv[..., 1] = conv(hsv[..., 1], alpha=rng.uniform(*self.saturation))
+                x = hsv_to_rgb(hsv)
+            else:
+                hsv = rgb_to_hsv(x)
+                hsv[..., 0] = (hsv[..., 0] + int(rng.integers(-self.hue, self.hue + 1))) % 180
+                x = hsv_to_rgb(hsv)
+        out = dict(item)
+        out["image"] = torch.from_numpy(x.astype(np.uint8)).permute(2, 0, 1).contiguous()
+        return out
+
+
+def rgb_to_hsv(x: np.ndarray) -> np.ndarray:
+    """float RGB 0..255 [..., 3] -> HSV with H in [0, 180) (OpenCV's 8-bit scale), S, V in 0..255."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(-1)
+    d = v - x.min(-1)
+    s = np.where(v > 0, 255.0 * d / np.maximum(v, 1e-6), 0.0)
+    dd = np.maximum(d, 1e-6)
+    h = np.where(v == r, 60.0 * (g - b) / dd,
+                 np.where(v == g, 120.0 + 60.0 * (b - r) / dd, 240.0 + 60.0 * (r - g) / dd))
+    h = np.where(d == 0, 0.0, h) % 360.0
+    return np.stack([np.round(h / 2.0) % 180, np.round(s), v], -1)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of ``rgb_to_hsv`` -> float RGB 0..255 (rounded)."""
+    h = hsv[..., 0] * 2.0 / 60.0
+    s, v = hsv[..., 1] / 255.0, hsv[..., 2]
+    i = np.floor(h).astype(np.int64) % 6
+    f = h - np.floor(h)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = np.zeros(hsv.shape, dtype=np.float64)
+    for k, (r, g, b) in enumerate(table):
+        m = i == k
+        out[m] = np.stack([r[m], g[m], b[m]], -1)
+    return np.clip(np.round(out), 0, 255).astype(np.float32)
+
+
+class Compose:
+    """Apply transforms in order, sharing one ``rng``."""
+
+    def __init__(self, transforms: Sequence[Callable]):
+        self.transforms = list(transforms)
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        rng = _rng(rng)
+        for t in self.transforms:
+            item = t(item, rng)
+        return item
+
+
+def semantic_train_transform(crop_size: int = 640, short_sizes: Sequence[int] | None = None,
+                             max_size: int = 2560, cat_max_ratio: float = 1.0,
+                             color: bool = True, ignore_index: int = 255) -> Compose:
+    """SAN / MaskFormer semantic recipe: short side from {320, 384, ..., 960}
+    (``int(0.1 * 640 * k)`` for k = 5..15 by default), long side <= 2560, crop
+    640 x 640 padded with 128 / ignore, colour jitter, horizontal flip."""
+    if short_sizes is None:
+        short_sizes = [int(crop_size * 0.1 * k) for k in range(5, 16)]
+    ts = [ResizeShortestEdge(short_sizes, max_size), RandomCrop(crop_size, cat_max_ratio, ignore_index=ignore_index)]
+    if color:
+        ts.append(ColorJitter())
+    ts.append(RandomFlip())
+    return Compose(ts)
+
+
+def lsj_transform(size: int = 1024, min_scale: float = 0.1, max_scale: float = 2.0) -> Compose:
+    """FC-CLIP / Mask2Former large-scale jitter: flip, ResizeScale(0.1-2.0 of size), FixedSizeCrop."""
+    return Compose([RandomFlip(), ResizeScale(min_scale, max_scale, (size, size)),
+                    FixedSizeCrop((size, size))])
+
+
+# --- targets ------------------------------------------------------------------
+def sem_seg_to_masks(sem_seg: torch.Tensor, ignore_index: int = 255) -> dict:
+    """LongTensor[H, W] -> dict(labels=LongTensor[N] (sorted class ids present),
+    masks=BoolTensor[N, H, W]); the ignore label gets no mask."""
+    labels = torch.unique(sem_seg)
+    labels = labels[labels != ignore_index]
+    masks = sem_seg[None] == labels[:, None, None]
+    return {"labels": labels.long(), "masks": masks}
+
+
+def panoptic_to_instances(pan_seg: torch.Tensor, segments_info: Sequence[dict],
+                          skip_crowd: bool = True, drop_empty: bool = False) -> dict:
+    """Panoptic ids LongTensor[H, W] + segments_info -> dict(labels=LongTensor[N]
+    (contiguous category ids), masks=BoolTensor[N, H, W]), one per segment in
+    ``segments_info`` order; crowd segments are skipped (FC-CLIP / Mask2Former),
+    empty masks (cropped away) kept unless ``drop_empty``."""
+    labels, masks = [], []
+    for seg in segments_info:
+        if skip_crowd and seg.get("iscrowd", 0):
+            continue
+        m = pan_seg == seg["id"]
+        if drop_empty and not m.any():
+            continue
+        labels.append(int(seg["category_id"]))
+        masks.append(m)
+    h, w = pan_seg.shape
+    return {"labels": torch.tensor(labels, dtype=torch.long),
+            "masks": torch.stack(masks) if masks else torch.zeros((0, h, w), dtype=torch.bool)}
