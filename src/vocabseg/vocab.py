@@ -2,7 +2,8 @@
 
 A vocabulary string uses ``;`` between classes and ``,`` between synonyms of one
 class: ``"road; car, truck; person"`` has three classes, the second one scored as
-the max over "car" and "truck". A file holds one class per line (synonyms
+the max over "car" and "truck"; ``\\,`` keeps a comma inside one name
+(``"road\\, route"`` is the single prompt "road, route", as SAN uses). A file holds one class per line (synonyms
 comma-separated, an optional ``id:`` prefix as in FC-CLIP's files is dropped).
 A benchmark name (``ade150``, ``voc20``, ...) loads the class-name file shipped
 with the package.
@@ -10,6 +11,7 @@ with the package.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,7 +64,7 @@ class Vocabulary:
         parts = [p for p in text.replace("\n", ";").split(";")]
         classes = []
         for part in parts:
-            syns = tuple(_clean(s) for s in part.split(","))
+            syns = tuple(_clean(s) for s in _split_synonyms(part))
             syns = tuple(s for s in syns if s)
             if syns:
                 classes.append(syns)
@@ -82,7 +84,7 @@ class Vocabulary:
             head, sep, tail = line.partition(":")
             if sep and head.strip().isdigit():
                 line = tail
-            syns = tuple(s for s in (_clean(x) for x in line.split(",")) if s)
+            syns = tuple(s for s in (_clean(x) for x in _split_synonyms(line)) if s)
             if syns:
                 classes.append(syns)
         if not classes:
@@ -156,7 +158,13 @@ class Vocabulary:
         return torch.tensor([i for i, c in enumerate(self.classes) for _ in c], dtype=torch.long)
 
     def to_string(self) -> str:
-        return "; ".join(", ".join(c) for c in self.classes)
+        return "; ".join(", ".join(s.replace(",", "\\,") for s in c) for c in self.classes)
+
+
+def _split_synonyms(text: str) -> list[str]:
+    """Split on ``,`` except an escaped ``\\,``, which stays in the name as ``,``
+    (SAN's prompts are whole strings such as ``"road, route"``)."""
+    return [p.replace("\\,", ",") for p in re.split(r"(?<!\\),", text)]
 
 
 def _clean(s: str) -> str:
