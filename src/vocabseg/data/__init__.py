@@ -1,0 +1,6 @@
+"""Datasets: benchmark registry and readers (``get_dataset``), training transforms
+(``vocabseg.data.transforms``), synthetic datasets in the real layouts
+(``vocabseg.data.synthetic``) and prepare-from-raw converters (``vocabseg.data.prepare``)."""
+from .benchmarks import BENCHMARKS, Benchmark, datasets_root, get_benchmark, get_dataset
+
+__all__ = ["BENCHMARKS", "Benchmark", "datasets_root", "get_benchmark", "get_dataset"]

@@ -1,0 +1,159 @@
+"""Benchmark registry: where each benchmark lives under the datasets root (the
+detectron2 layout SAN / FC-CLIP / CAT-Seg users already have) and what its labels mean.
+
+The datasets root is ``$VOCABSEG_DATASETS``, else ``$DETECTRON2_DATASETS``, else
+``./datasets``. ``get_dataset(name, split)`` returns a reader (see ``readers.py``).
+
+Background handling: voc21 / pc60 / coco-object have a ``background`` class
+(index 0) that the training-free methods predict by thresholding; voc20 / pc59
+map background to the ignore label; the others have no background.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SEMANTIC, PANOPTIC = "semantic", "panoptic"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Relative paths of one split.
+
+    Semantic: ``images``/``labels`` folders; a label file ``<stem><label_suffix>``
+    pairs with the image ``<stem><image_suffix>`` in the same relative sub-folder
+    (``recursive``: labels are searched in sub-folders, as Cityscapes' cities).
+    ``list_file``: a text file of stems (one per line) selects and orders the files.
+    Panoptic: ``images``, ``labels`` (the PNG folder) and ``json``.
+    """
+
+    images: str
+    labels: str
+    image_suffix: str = ".jpg"
+    label_suffix: str = ".png"
+    list_file: str | None = None
+    recursive: bool = False
+    json: str | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    task: str
+    num_classes: int
+    ignore_index: int
+    splits: dict[str, Split]
+    prepare: str  # `vocabseg prepare <this> SRC` builds it
+    download: str  # what SRC is
+    background: int | None = None
+    label_map: str | None = None  # "pc60": 255 -> 0 (background), others + 1
+    conventions: tuple[str, ...] = ()
+    notes: str = ""
+
+
+def _sem(images, labels, **kw):
+    return Split(images, labels, **kw)
+
+
+_VOC = "VOCtrainval_11-May-2012.tar, extracted: the VOCdevkit/VOC2012 folder"
+_PC = "VOC2010 (VOCtrainval_03-May-2010.tar) folder holding JPEGImages/ and trainval_merged.json"
+_PCF = "VOC2010 folder holding JPEGImages/, trainval_merged.json and trainval/*.mat (trainval.tar.gz)"
+_ADE = "ADEChallengeData2016 folder (ADEChallengeData2016.zip)"
+_ADEF = "ADE20K_2021_17_01 folder (images/ADE/{training,validation}/**/ADE_*.jpg + *_seg.png)"
+_COCO = "coco folder holding {train,val}2017/ images"
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
+    Benchmark("voc20", SEMANTIC, 20, 255, {
+        s: _sem("VOC2012/JPEGImages", f"VOC2012/annotations_detectron2/{s}") for s in ("train", "val")},
+        "voc", _VOC, conventions=("fcclip", "san", "tf"),
+        notes="background -> 255, class ids - 1"),
+    Benchmark("voc21", SEMANTIC, 21, 255, {
+        s: _sem("VOC2012/JPEGImages", "VOC2012/SegmentationClass",
+                list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt") for s in ("train", "val")},
+        "voc", _VOC, background=0, conventions=("fcclip", "tf"), notes="raw SegmentationClass"),
+    Benchmark("pc59", SEMANTIC, 59, 255, {
+        s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
+        "pcontext", _PC, conventions=("fcclip", "san", "tf")),
+    Benchmark("pc60", SEMANTIC, 60, 255, {
+        s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
+        "pcontext", _PC, background=0, label_map="pc60", conventions=("tf",),
+        notes="pc59 labels read with background (255) as class 0"),
+    Benchmark("pc459", SEMANTIC, 459, 65535, {
+        s: _sem(f"pcontext_full/{s}/image", f"pcontext_full/{s}/label", label_suffix=".tif")
+        for s in ("train", "val")},
+        "pcontext-full", _PCF, conventions=("fcclip", "san"), notes="16-bit TIFF labels"),
+    Benchmark("ade150", SEMANTIC, 150, 255, {
+        s: _sem(f"ADEChallengeData2016/images/{d}", f"ADEChallengeData2016/annotations_detectron2/{d}")
+        for s, d in (("train", "training"), ("val", "validation"))},
+        "ade20k", _ADE, conventions=("fcclip", "san", "tf"), notes="raw - 1, 0 -> 255"),
+    Benchmark("ade847", SEMANTIC, 847, 65535, {
+        s: _sem(f"ADE20K_2021_17_01/images_detectron2/{d}", f"ADE20K_2021_17_01/annotations_detectron2/{d}",
+                label_suffix=".tif") for s, d in (("train", "training"), ("val", "validation"))},
+        "ade20k-full", _ADEF, conventions=("fcclip", "san"), notes="16-bit TIFF labels"),
+    Benchmark("coco-stuff", SEMANTIC, 171, 255, {
+        s: _sem(f"coco/{s}2017", f"coco/stuffthingmaps_detectron2/{s}2017") for s in ("train", "val")},
+        "coco-stuff", _COCO + " and stuffthingmaps_trainval2017.zip extracted to stuffthingmaps/",
+        conventions=("fcclip", "san", "tf"), notes="182 -> 171 ids"),
+    Benchmark("coco-object", SEMANTIC, 81, 255, {
+        s: _sem(f"coco/{s}2017", f"coco/object_detectron2/{s}2017") for s in ("train", "val")},
+        "coco-object", _COCO + " and annotations/instances_{train,val}2017.json",
+        background=0, conventions=("tf",), notes="80 things from the instances JSON + background 0"),
+    Benchmark("cityscapes", SEMANTIC, 19, 255, {
+        s: _sem(f"cityscapes/leftImg8bit/{s}", f"cityscapes/gtFine/{s}", image_suffix="_leftImg8bit.png",
+                label_suffix="_gtFine_labelTrainIds.png", recursive=True) for s in ("train", "val")},
+        "cityscapes", "cityscapes folder holding leftImg8bit/ and gtFine/ (with *_labelIds.png)",
+        conventions=("fcclip", "tf")),
+    Benchmark("coco-panoptic", PANOPTIC, 133, 255, {
+        s: Split(f"coco/{s}2017", f"coco/panoptic_{s}2017", json=f"coco/annotations/panoptic_{s}2017.json")
+        for s in ("train", "val")},
+        "coco-panoptic", _COCO + " and annotations/panoptic_{train,val}2017.{json,zip}",
+        conventions=("fcclip",)),
+    Benchmark("ade-panoptic", PANOPTIC, 150, 255, {
+        s: Split(f"ADEChallengeData2016/images/{d}", f"ADEChallengeData2016/ade20k_panoptic_{s}",
+                 json=f"ADEChallengeData2016/ade20k_panoptic_{s}.json")
+        for s, d in (("train", "training"), ("val", "validation"))},
+        "", "Mask2Former's datasets/prepare_ade20k_pan_seg.py output (no vocabseg converter yet)",
+        conventions=("fcclip",)),
+]}
+
+
+def datasets_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$VOCABSEG_DATASETS``, else ``$DETECTRON2_DATASETS``, else ``./datasets``."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("VOCABSEG_DATASETS") or os.environ.get("DETECTRON2_DATASETS")
+    return Path(env) if env else Path("datasets")
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def missing_message(bench: Benchmark, split: str, root: Path, missing: list[Path]) -> str:
+    """The error text for a dataset that is not on disk: what is expected and how to build it."""
+    paths = ", ".join(str(p) for p in missing)
+    s = bench.splits[split]
+    expected = [root / s.images, root / s.labels] + ([root / s.json] if s.json else []) \
+        + ([root / s.list_file] if s.list_file else [])
+    msg = (f"dataset {bench.name!r} ({split}) not found under {root}: missing {paths}. "
+           f"Expected: {', '.join(str(p) for p in expected)}. ")
+    if bench.prepare:
+        msg += (f"Download the {bench.download} and run `vocabseg prepare {bench.prepare} SRC --root {root}`")
+    else:
+        msg += f"Build it with {bench.download}"
+    return msg + " (datasets root: --root, $VOCABSEG_DATASETS, $DETECTRON2_DATASETS or ./datasets)."
+
+
+def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = None):
+    """The reader of benchmark ``name`` (a key of ``BENCHMARKS``) for ``split``
+    ("val" or "train"). Raises FileNotFoundError naming the expected paths and the
+    prepare command when the files are not there."""
+    from .readers import PanopticDataset, SemanticDataset
+    bench = get_benchmark(name)
+    if split not in bench.splits:
+        raise KeyError(f"dataset {name!r} has splits {', '.join(bench.splits)}, not {split!r}")
+    cls = PanopticDataset if bench.task == PANOPTIC else SemanticDataset
+    return cls(bench, split, datasets_root(root))

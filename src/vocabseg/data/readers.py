@@ -1,0 +1,175 @@
+"""Dataset readers for the benchmark layouts of ``benchmarks.py``.
+
+An item is a dict:
+- ``image``: uint8 Tensor[3, H, W], RGB (EXIF orientation applied, as detectron2 / OpenCV do)
+- ``sem_seg``: LongTensor[H, W] class ids, ``ignore_index`` where ignored. Panoptic
+  items carry it too, painted from their segments (crowd included, as Mask2Former's
+  ``prepare_coco_semantic_annos_from_panoptic_annos.py``), 255 elsewhere.
+- ``file_name`` (image path), ``image_id`` (file stem, or the panoptic JSON id)
+- panoptic only: ``pan_seg`` LongTensor[H, W] segment ids (R + 256 G + 256² B; 0 = void),
+  ``segments_info``: list of dict(id, category_id (contiguous 0..C-1), isthing, iscrowd, area)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..vocab import Vocabulary
+from .benchmarks import Benchmark, missing_message
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """RGB image file -> uint8 Tensor[3, H, W]."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        arr = np.asarray(im)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Single-channel label PNG (8-bit, palette or 16-bit) or 16-bit TIFF -> integer array [H, W]."""
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
+            raise ValueError(f"{path}: expected a single-channel label image, got mode {im.mode}")
+        arr = np.array(im)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D label map, got shape {arr.shape}")
+    return arr
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """Panoptic PNG [H, W, 3] uint8 -> segment ids R + 256 G + 256² B, int64 [H, W]."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+class _Base:
+    def __init__(self, bench: Benchmark, split: str, root: Path):
+        self.bench, self.split, self.root = bench, split, Path(root)
+        self.name = bench.name
+        self.task = bench.task
+        self.num_classes = bench.num_classes
+        self.ignore_index = bench.ignore_index
+        self.background = bench.background
+        self.conventions = bench.conventions
+        self.vocabulary = Vocabulary.from_dataset(bench.name)
+        if len(self.vocabulary) != self.num_classes:
+            raise RuntimeError(f"{bench.name}: vocabulary file has {len(self.vocabulary)} classes, "
+                               f"expected {self.num_classes}")
+        self.thing_ids: list[int] | None = None
+
+    def vocabulary_for(self, convention: str | None = None) -> Vocabulary:
+        """The class names in a published convention ("fcclip", "san", "tf"), or the default."""
+        return Vocabulary.from_dataset(self.name, convention)
+
+    def _require(self, *paths: Path) -> None:
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(missing_message(self.bench, self.split, self.root, missing))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, split={self.split!r}, {len(self)} images, root={self.root})"
+
+
+class SemanticDataset(_Base):
+    """Image / label-map pairs of a semantic benchmark."""
+
+    def __init__(self, bench: Benchmark, split: str, root: Path):
+        super().__init__(bench, split, root)
+        s = bench.splits[split]
+        img_dir, lab_dir = self.root / s.images, self.root / s.labels
+        self._require(img_dir, lab_dir, *([self.root / s.list_file] if s.list_file else []))
+        if s.list_file:
+            stems = [x.strip() for x in (self.root / s.list_file).read_text().splitlines() if x.strip()]
+            labels = [lab_dir / f"{t}{s.label_suffix}" for t in stems]
+        else:
+            pattern = f"*{s.label_suffix}"
+            labels = sorted(lab_dir.rglob(pattern) if s.recursive else lab_dir.glob(pattern))
+        self.files: list[tuple[Path, Path]] = []
+        for lab in labels:
+            rel = lab.relative_to(lab_dir)
+            stem = rel.name[: -len(s.label_suffix)]
+            self.files.append((img_dir / rel.parent / f"{stem}{s.image_suffix}", lab))
+        if not self.files:
+            raise FileNotFoundError(missing_message(bench, split, self.root, [lab_dir / f"*{s.label_suffix}"]))
+        absent = [p for pair in self.files[:1] + self.files[-1:] for p in pair if not p.exists()]
+        if absent:
+            raise FileNotFoundError(missing_message(bench, split, self.root, absent))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def label(self, i: int) -> torch.Tensor:
+        """LongTensor[H, W] of item i (after the benchmark's label mapping)."""
+        arr = read_label(self.files[i][1]).astype(np.int64)
+        if self.bench.label_map == "pc60":
+            arr = np.where(arr == 255, 0, arr + 1)
+        return torch.from_numpy(arr)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        img_path, lab_path = self.files[i]
+        image = read_image(img_path)
+        sem = self.label(i)
+        if sem.shape != image.shape[1:]:
+            raise ValueError(f"{lab_path}: label size {tuple(sem.shape)} != image size {tuple(image.shape[1:])}")
+        stem = lab_path.name[: -len(self.bench.splits[self.split].label_suffix)]
+        return {"image": image, "sem_seg": sem, "file_name": str(img_path), "image_id": stem,
+                "sem_seg_file_name": str(lab_path)}
+
+
+class PanopticDataset(_Base):
+    """COCO-panoptic-format benchmark: images, segment-id PNGs and a JSON of segments.
+    JSON category ids are mapped to contiguous ids in ascending-id order (detectron2)."""
+
+    def __init__(self, bench: Benchmark, split: str, root: Path):
+        super().__init__(bench, split, root)
+        s = bench.splits[split]
+        img_dir, pan_dir, js = self.root / s.images, self.root / s.labels, self.root / s.json
+        self._require(img_dir, pan_dir, js)
+        data = json.loads(js.read_text())
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        if len(cats) != self.num_classes:
+            raise ValueError(f"{js}: {len(cats)} categories, expected {self.num_classes}")
+        self.categories = cats
+        self.contiguous = {c["id"]: i for i, c in enumerate(cats)}
+        self.thing_ids = [i for i, c in enumerate(cats) if c.get("isthing", 0)]
+        self.stuff_ids = [i for i, c in enumerate(cats) if not c.get("isthing", 0)]
+        self.annotations = sorted(data["annotations"], key=lambda a: a["file_name"])
+        self.files = [(img_dir / (Path(a["file_name"]).stem + ".jpg"), pan_dir / a["file_name"])
+                      for a in self.annotations]
+        if not self.files:
+            raise FileNotFoundError(missing_message(bench, split, self.root, [js]))
+        absent = [p for pair in self.files[:1] for p in pair if not p.exists()]
+        if absent:
+            raise FileNotFoundError(missing_message(bench, split, self.root, absent))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        img_path, pan_path = self.files[i]
+        ann = self.annotations[i]
+        image = read_image(img_path)
+        with Image.open(pan_path) as im:
+            pan = rgb_to_id(np.asarray(im.convert("RGB")))
+        if pan.shape != tuple(image.shape[1:]):
+            raise ValueError(f"{pan_path}: size {pan.shape} != image size {tuple(image.shape[1:])}")
+        segments, sem = [], np.full(pan.shape, self.ignore_index, dtype=np.int64)
+        for seg in ann["segments_info"]:
+            if seg["category_id"] not in self.contiguous:
+                raise ValueError(f"{pan_path}: segment {seg['id']} has unknown category {seg['category_id']}")
+            c = self.contiguous[seg["category_id"]]
+            segments.append({"id": int(seg["id"]), "category_id": c, "isthing": c in self.thing_ids,
+                             "iscrowd": int(seg.get("iscrowd", 0)), "area": int(seg.get("area", 0))})
+            sem[pan == seg["id"]] = c
+        return {"image": image, "sem_seg": torch.from_numpy(sem), "pan_seg": torch.from_numpy(pan),
+                "segments_info": segments, "file_name": str(img_path), "image_id": ann["image_id"],
+                "pan_seg_file_name": str(pan_path)}
