@@ -147,3 +147,14 @@ def test_target_helpers():
     assert torch.equal(inst["masks"][0], pan == 1) and not inst["masks"][2].any()
     assert T.panoptic_to_instances(pan, segs, drop_empty=True)["labels"].tolist() == [5, 9]
     assert T.panoptic_to_instances(pan, segs, skip_crowd=False)["labels"].tolist() == [5, 7, 9, 9]
+
+
+def test_semantic_recipe_pads_last_with_exact_values():
+    item = _blocky_item(h=16, w=24)
+    t = T.semantic_train_transform(crop_size=32, short_sizes=[16], max_size=100)
+    for seed in range(6):  # colour jitter and flip never touch the padding, which stays bottom/right
+        out = t(item, np.random.default_rng(seed))
+        assert out["image"].shape == (3, 32, 32)
+        assert (out["image"][:, 16:, :] == 128).all() and (out["image"][:, :, 24:] == 128).all()
+        assert (out["sem_seg"][16:, :] == 255).all() and (out["sem_seg"][:, 24:] == 255).all()
+        assert (out["sem_seg"][:16, :24] != 255).all()

@@ -204,6 +204,18 @@ class FixedSizeCrop:
         return pad_to(out, *self.size, ignore_index=self.ignore_index)
 
 
+class PadTo:
+    """Pad bottom/right to ``size`` (h, w) with 128 / ignore / void (MaskFormer's mapper pads to
+    its size divisibility after all augmentations, so padding is never jittered or flipped)."""
+
+    def __init__(self, size: int | tuple[int, int], ignore_index: int | None = None):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.ignore_index = ignore_index
+
+    def __call__(self, item: Item, rng=None) -> Item:
+        return pad_to(item, *self.size, ignore_index=self.ignore_index)
+
+
 class ColorJitter:
     """SSD photometric distortion on the image only (labels untouched): brightness
     (p=.5, ±``brightness``), then either contrast→saturation→hue or
@@ -284,15 +296,17 @@ class Compose:
 def semantic_train_transform(crop_size: int = 640, short_sizes: Sequence[int] | None = None,
                              max_size: int = 2560, cat_max_ratio: float = 1.0,
                              color: bool = True, ignore_index: int = 255) -> Compose:
-    """SAN / MaskFormer semantic recipe: short side from {320, 384, ..., 960}
-    (``int(0.1 * 640 * k)`` for k = 5..15 by default), long side <= 2560, crop
-    640 x 640 padded with 128 / ignore, colour jitter, horizontal flip."""
+    """SAN / MaskFormer semantic recipe, in the mapper's order: short side from
+    {320, 384, ..., 960} (``int(0.1 * 640 * k)`` for k = 5..15 by default), long side
+    <= 2560, crop 640 x 640 (category-area constraint ``cat_max_ratio``), colour
+    jitter, horizontal flip, then padding to 640 x 640 with 128 / ignore."""
     if short_sizes is None:
         short_sizes = [int(crop_size * 0.1 * k) for k in range(5, 16)]
-    ts = [ResizeShortestEdge(short_sizes, max_size), RandomCrop(crop_size, cat_max_ratio, ignore_index=ignore_index)]
+    ts = [ResizeShortestEdge(short_sizes, max_size),
+          RandomCrop(crop_size, cat_max_ratio, pad=False, ignore_index=ignore_index)]
     if color:
         ts.append(ColorJitter())
-    ts.append(RandomFlip())
+    ts += [RandomFlip(), PadTo(crop_size, ignore_index=ignore_index)]
     return Compose(ts)
 
 
