@@ -228,20 +228,20 @@ class ColorJitter:
         rng = _rng(rng)
         x = item["image"].permute(1, 2, 0).numpy().astype(np.float32)  # H, W, 3 RGB
 
-        def conv(v, alpha=1.0, beta=0.0):
+        def conv(v, alpha: float = 1.0, beta: float = 0.0):  # float32 math, as the reference's
             return np.floor(np.clip(v * alpha + beta, 0, 255))  # uint8 cast truncates
 
         if rng.integers(2):
-            x = conv(x, beta=rng.uniform(-self.brightness, self.brightness))
+            x = conv(x, beta=float(rng.uniform(-self.brightness, self.brightness)))
         steps = ["contrast", "saturation", "hue"] if rng.integers(2) else ["saturation", "hue", "contrast"]
         for step in steps:
             if not rng.integers(2):
                 continue
             if step == "contrast":
-                x = conv(x, alpha=rng.uniform(*self.contrast))
+                x = conv(x, alpha=float(rng.uniform(*self.contrast)))
             elif step == "saturation":
                 hsv = rgb_to_hsv(x)
-                hsv[..., 1] = conv(hsv[..., 1], alpha=rng.uniform(*self.saturation))
+                hsv[..., 1] = conv(hsv[..., 1], alpha=float(rng.uniform(*self.saturation)))
                 x = hsv_to_rgb(hsv)
             else:
                 hsv = rgb_to_hsv(x)
@@ -252,32 +252,45 @@ class ColorJitter:
         return out
 
 
+# OpenCV 8-bit HSV (hue 0..179): fixed-point forward tables, float32 inverse.
+_I = np.arange(256, dtype=np.float64)
+_SDIV = np.where(_I > 0, np.rint((255 << 12) / np.maximum(_I, 1)), 0).astype(np.int64)
+_HDIV = np.where(_I > 0, np.rint((180 << 12) / (6.0 * np.maximum(_I, 1))), 0).astype(np.int64)
+_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])  # tab index of r, g, b
+SIMD_PIXELS = 32  # OpenCV's AVX2 HSV->RGB handles each row in blocks of 32 pixels (truncating), the rest rounds
+
+
 def rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    """float RGB 0..255 [..., 3] -> HSV with H in [0, 180) (OpenCV's 8-bit scale), S, V in 0..255."""
+    """RGB 0..255 [..., 3] -> HSV as OpenCV's 8-bit COLOR_BGR2HSV computes it (H 0..179, S, V
+    0..255; exact integer arithmetic), returned as float32."""
+    x = x.astype(np.int64)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     v = x.max(-1)
-    d = v - x.min(-1)
-    s = np.where(v > 0, 255.0 * d / np.maximum(v, 1e-6), 0.0)
-    dd = np.maximum(d, 1e-6)
-    h = np.where(v == r, 60.0 * (g - b) / dd,
-                 np.where(v == g, 120.0 + 60.0 * (b - r) / dd, 240.0 + 60.0 * (r - g) / dd))
-    h = np.where(d == 0, 0.0, h) % 360.0
-    return np.stack([np.round(h / 2.0) % 180, np.round(s), v], -1)
+    diff = v - x.min(-1)
+    s = (diff * _SDIV[v] + (1 << 11)) >> 12
+    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * _HDIV[diff] + (1 << 11)) >> 12
+    return np.stack([np.where(h < 0, h + 180, h), s, v], -1).astype(np.float32)
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of ``rgb_to_hsv`` -> float RGB 0..255 (rounded)."""
-    h = hsv[..., 0] * 2.0 / 60.0
-    s, v = hsv[..., 1] / 255.0, hsv[..., 2]
-    i = np.floor(h).astype(np.int64) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = np.zeros(hsv.shape, dtype=np.float64)
-    for k, (r, g, b) in enumerate(table):
-        m = i == k
-        out[m] = np.stack([r[m], g[m], b[m]], -1)
-    return np.clip(np.round(out), 0, 255).astype(np.float32)
+    """8-bit HSV [H, W, 3] -> RGB float32 0..255 as OpenCV's COLOR_HSV2BGR computes it on an
+    AVX2 machine (float32 sectors; values truncated in the 32-pixel SIMD blocks of each
+    row, rounded in the row's tail). Matches cv2 5.0 exactly in our checks."""
+    f32 = np.float32
+    h = hsv[..., 0].astype(f32) * f32(6.0 / 180)
+    s, v = hsv[..., 1].astype(f32) * f32(1 / 255), hsv[..., 2].astype(f32) * f32(1 / 255)
+    sector = np.floor(h)
+    h = h - sector
+    sector = sector.astype(np.int64) % 6
+    s64 = s.astype(np.float64)  # 1 - s*h is one fused multiply-add in OpenCV's AVX2 build
+    t2, t3 = (1 - s64 * h).astype(f32), (1 - s64 * (f32(1) - h)).astype(f32)
+    tab = np.stack([v, v * (f32(1) - s), v * t2, v * t3], -1)
+    rgb = np.take_along_axis(tab, _SECTORS[sector], -1) * f32(255)
+    w = rgb.shape[-2]
+    simd = np.arange(w) < w - w % SIMD_PIXELS
+    out = np.where(simd[:, None], np.trunc(rgb), np.rint(rgb))
+    return np.clip(out, 0, 255).astype(np.float32)
 
 
 class Compose:
