@@ -19,6 +19,7 @@ Training (``forward_train``) returns the three losses of ``losses.segclip``.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -57,12 +58,13 @@ class SegCLIP(SegModel):
     template_set = "single"
     text_average = "raw"
 
-    def __init__(self, clip, tokenizer, split: int, num_centers: int = 8, cross_layers: int = 2, tau: float = 0.9,
+    def __init__(self, clip, tokenizer, split: int, arch: str = "", num_centers: int = 8, cross_layers: int = 2, tau: float = 0.9,
                  topk: int = 5, bg_thresh: float = 0.80, mask_ratio: float = 0.75, decoder_depth: int = 3,
                  decoder_heads: int = 8, caption_length: int = 32, protocol: Protocol | None = None):
         super().__init__()
         self.clip = clip
         self.tokenizer = tokenizer
+        self.arch = arch     # open_clip architecture name: part of the text-cache identity (activation, sizes)
         self.__dict__["vit"] = ClipViT(clip.visual)    # a view of clip.visual, not a second copy of its weights
         vit = self.vit
         if not 0 < split < vit.num_layers:
@@ -89,7 +91,7 @@ class SegCLIP(SegModel):
             holder = nn.Module()
             for i, (k, v) in enumerate(sorted(text.items())):
                 holder.register_buffer(f"t{i}", v)
-            self._identity = f"segclip:{tensor_fingerprint(holder)}"
+            self._identity = f"segclip:{self.arch}:{tensor_fingerprint(holder)}"
         return self.clip, self.tokenizer, self._identity
 
     def reset_text_cache(self) -> None:
@@ -232,12 +234,14 @@ def build(arch: str, split: int, clip_weights: str | None = None, **kw) -> SegCL
     """SegCLIP on open_clip ``arch``; ``clip_weights`` an open_clip tag or file
     (None: random init; load the published checkpoint with ``convert.segclip``)."""
     clip, tokenizer, _ = create_clip(arch, clip_weights)
-    return SegCLIP(clip, tokenizer, split, **kw).eval()
+    return SegCLIP(clip, tokenizer, split, arch=arch, **kw).eval()
 
 
 def _b16(**kw) -> SegCLIP:
-    """CLIP ViT-B/16, split after block 10 (of 12)."""
-    model = build("ViT-B-16", 10, **kw)
+    """CLIP ViT-B/16 (OpenAI, QuickGELU), split after block 10 (of 12)."""
+    tag = kw.get("clip_weights")
+    arch = "ViT-B-16" if tag and not os.path.isfile(tag) else "ViT-B-16-quickgelu"   # the openai tag sets QuickGELU
+    model = build(arch, 10, **kw)
     model.config = {"preset": "segclip-vit-b16", **kw}
     return model
 
