@@ -190,3 +190,16 @@ def test_semantic_recipe_pads_last_with_exact_values():
         assert (out["image"][:, 16:, :] == 128).all() and (out["image"][:, :, 24:] == 128).all()
         assert (out["sem_seg"][16:, :] == 255).all() and (out["sem_seg"][:, 24:] == 255).all()
         assert (out["sem_seg"][:16, :24] != 255).all()
+
+
+def test_resize_equals_detectron2_pil_resize():
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    lab = rng.integers(0, 20, (37, 53))
+    for size in [(20, 29), (80, 111), (25, 90)]:
+        out = T.resize({"image": torch.from_numpy(img).permute(2, 0, 1), "sem_seg": torch.from_numpy(lab)}, size)
+        ref = np.asarray(Image.fromarray(img).resize(size[::-1], Image.BILINEAR))
+        ref_lab = np.asarray(Image.fromarray(lab.astype(np.uint8)).resize(size[::-1], Image.NEAREST))
+        assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), ref)
+        assert np.array_equal(out["sem_seg"].numpy(), ref_lab)

@@ -19,8 +19,9 @@ The geometry follows detectron2: ``ResizeShortestEdge`` ("choice" sampling, the
 rounding of ``get_output_shape``), ``RandomCrop_CategoryAreaConstraint``,
 ``ResizeScale`` + ``FixedSizeCrop`` (LSJ), and the SSD colour distortion of
 MaskFormer's ``ColorAugSSDTransform`` (brightness ±32, contrast and saturation
-0.5–1.5, hue ±18 on OpenCV's 0..179 hue scale). Images are resized bilinearly
-with antialiasing (like PIL), labels with centre-aligned nearest neighbour.
+0.5–1.5, hue ±18 on OpenCV's 0..179 hue scale, with OpenCV's exact 8-bit HSV
+arithmetic). Images are resized with PIL's bilinear filter and labels with
+centre-aligned nearest neighbour (PIL NEAREST), exactly as detectron2 does.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image
 
 IMAGE_PAD = 128
 PAN_PAD = 0
@@ -68,13 +69,14 @@ def _map_spatial(item: Item, image_fn, label_fn, ignore_index: int | None = None
 
 
 def resize(item: Item, size: tuple[int, int]) -> Item:
-    """Resize to ``size`` = (H, W): bilinear + antialias for the image, nearest for labels."""
+    """Resize to ``size`` = (H, W): PIL bilinear for the image, nearest (PIL NEAREST) for labels."""
     h, w = item["image"].shape[-2:]
     if (h, w) == tuple(size):
         return dict(item)
 
-    def img(x):
-        return TF.resize(x, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    def img(x):  # PIL bilinear on uint8, as detectron2's ResizeTransform
+        pil = Image.fromarray(x.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).contiguous()
 
     def lab(x, _pad):
         y = x[None] if x.dim() == 2 else x
