@@ -180,3 +180,16 @@ def test_coco_panoptic_json_is_linked_with_contiguous_ids(tmp_path):
     for seg, raw in zip(item["segments_info"], recs[0]["segments"]):
         assert seg["category_id"] == _pan_contiguous(raw["category_id"])
         assert seg["isthing"] == (raw["category_id"] in COCO_THINGS)
+
+
+def test_coco_object_from_stuffthingmaps_like_cvt_coco_object(tmp_path):
+    recs = write_raw("coco-stuff", tmp_path / "dl")
+    root = tmp_path / "datasets"
+    assert cli.main(["prepare", "coco-object", str(tmp_path / "dl/coco"), "--root", str(root),
+                     "--from-stuffthingmaps"]) == 0
+    ds = get_dataset("coco-object", root=root)
+    # GroupViT's table: raw k (0-based) of a thing -> its rank + 1; stuff, unused and 255 -> 0
+    table = {c - 1: i + 1 for i, c in enumerate(COCO_THINGS)}
+    for i, r in enumerate(recs):
+        assert torch.equal(ds[i]["sem_seg"], torch.from_numpy(_map(r["stuffmap"], table, 0)))
+    assert cli.main(["prepare", "voc", str(tmp_path / "dl"), "--from-stuffthingmaps"]) == 2

@@ -28,13 +28,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=" | ".join(KINDS))
     p.add_argument("src", metavar="SRC", help="the extracted official download (read only)")
     p.add_argument("--root", default=None, help="datasets root to write into")
+    p.add_argument("--from-stuffthingmaps", action="store_true",
+                   help="coco-object only: build it from stuffthingmaps/ like the training-free papers' "
+                        "cvt_coco_object.py (stuff and unlabeled -> background) instead of the instances JSON")
     return p
 
 
 def run(args) -> int:
     from ..data.benchmarks import datasets_root
     from ..data.prepare import prepare
-    result = prepare(args.kind, args.src, args.root)
+    from ..cli import UserError
+    options = {}
+    if args.from_stuffthingmaps:
+        if args.kind != "coco-object":
+            raise UserError("--from-stuffthingmaps only applies to coco-object")
+        options["from_stuffthingmaps"] = True
+    result = prepare(args.kind, args.src, args.root, **options)
     print(f"vocabseg prepare {args.kind}: wrote {result['written']} files, skipped {result['skipped']} "
           f"already present, under {datasets_root(args.root)}")
     return 0

@@ -317,12 +317,13 @@ def converters() -> dict[str, Callable[[Path, Path], dict]]:
             "coco-panoptic": prepare_coco_panoptic}
 
 
-def prepare(kind: str, src: str | os.PathLike, root: str | os.PathLike | None = None) -> dict:
-    """Run converter ``kind`` (see ``converters()``) from ``src`` into the datasets root."""
+def prepare(kind: str, src: str | os.PathLike, root: str | os.PathLike | None = None, **options) -> dict:
+    """Run converter ``kind`` (see ``converters()``) from ``src`` into the datasets root;
+    ``options`` go to the converter (``from_stuffthingmaps`` for coco-object)."""
     table = converters()
     if kind not in table:
         raise KeyError(f"unknown dataset kind {kind!r}; known: {', '.join(table)}")
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"SRC {src} is not a folder")
-    return table[kind](src, datasets_root(root))
+    return table[kind](src, datasets_root(root), **options)

@@ -5,7 +5,9 @@
   ids in ascending order (182 -> 171), others 255 (as MaskFormer / SAN ``prepare_coco_stuff``).
 - coco-object: ``annotations/instances_{train,val}2017.json`` -> ``object_detectron2``: 0 =
   background, 1..80 = the things in ascending category-id order; instances (crowd
-  included) painted largest first so smaller objects stay on top.
+  included) painted largest first so smaller objects stay on top. With
+  ``from_stuffthingmaps`` it is made from the stuffthingmaps instead, as the training-free
+  papers (GroupViT / TCL / SCLIP / NACLIP ``cvt_coco_object.py``) did: stuff and unlabeled -> 0.
 - coco-panoptic: ``annotations/panoptic_{train,val}2017.json`` + the PNGs (the
   ``panoptic_{split}2017.zip`` inside ``annotations/`` or an extracted folder) ->
   ``coco/panoptic_{split}2017/`` and ``coco/annotations/panoptic_{split}2017.json``.
@@ -35,25 +37,43 @@ def _link_images(src: Path, out: Path, split: str) -> None:
         link_dir(src / f"{split}2017", out / f"{split}2017")
 
 
-def prepare_coco_stuff(src: Path, root: Path) -> dict:
-    src, prog, out = _coco_dir(Path(src)), Progress(), root / "coco"
+def _stuff_maps(src: Path) -> Path:
     maps = next((src / d for d in ("stuffthingmaps", "stuffthingmaps_trainval2017") if (src / d).is_dir()), None)
     if maps is None:
-        raise FileNotFoundError(f"coco-stuff: no stuffthingmaps/ (or stuffthingmaps_trainval2017/) folder in {src}; "
+        raise FileNotFoundError(f"no stuffthingmaps/ (or stuffthingmaps_trainval2017/) folder in {src}; "
                                 "unzip stuffthingmaps_trainval2017.zip there")
+    return maps
+
+
+def _convert_maps(src: Path, root: Path, lut: np.ndarray, out_dir: str, desc: str) -> dict:
+    src, prog, out = _coco_dir(Path(src)), Progress(), root / "coco"
+    maps = _stuff_maps(src)
     for split in ("train", "val"):
         _link_images(src, out, split)
         files = sorted((maps / f"{split}2017").glob("*.png"))
-        for f in track(files, f"coco-stuff {split}"):
-            dst = out / f"stuffthingmaps_detectron2/{split}2017/{f.name}"
+        for f in track(files, f"{desc} {split}"):
+            dst = out / f"{out_dir}/{split}2017/{f.name}"
             if dst.exists():
                 prog.skipped += 1
                 continue
-            save_array(dst, STUFF_LUT[read_array(f)], prog)
+            save_array(dst, lut[read_array(f)], prog)
     return prog.result()
 
 
-def prepare_coco_object(src: Path, root: Path) -> dict:
+def prepare_coco_stuff(src: Path, root: Path) -> dict:
+    return _convert_maps(src, root, STUFF_LUT, "stuffthingmaps_detectron2", "coco-stuff")
+
+
+# GroupViT / TCL / SCLIP's cvt_coco_object.py on stuffthingmaps: things -> 1..80, stuff -> 0, and
+# unlabeled (255 -> 256) wraps to 0 in its uint8 array, so unlabeled pixels are background too.
+OBJECT_FROM_STUFF_LUT = lookup({c - 1: i + 1 for i, c in enumerate(idmaps.COCO_PANOPTIC_THING_IDS)}, 256, 0, np.uint8)
+
+
+def prepare_coco_object(src: Path, root: Path, from_stuffthingmaps: bool = False) -> dict:
+    """From the instance annotations, or (``from_stuffthingmaps``) from the COCO-Stuff maps as
+    the training-free papers' ``cvt_coco_object.py`` does. Both write ``object_detectron2``."""
+    if from_stuffthingmaps:
+        return _convert_maps(src, root, OBJECT_FROM_STUFF_LUT, "object_detectron2", "coco-object")
     from pycocotools.coco import COCO
     src, prog, out = _coco_dir(Path(src)), Progress(), root / "coco"
     splits = [s for s in ("train", "val") if (src / f"annotations/instances_{s}2017.json").exists()]
