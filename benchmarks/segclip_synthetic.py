@@ -126,8 +126,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--train-images", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny model gains nothing from more)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = run(args.steps, tmp, n_train=args.train_images, seed=args.seed, log_every=50)
     print(f"tiny SegCLIP, {out['steps']} steps ({out['train_seconds']} s): held-out mIoU {100 * out['miou']:.1f} "
