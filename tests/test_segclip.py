@@ -105,6 +105,17 @@ def test_converter_fills_clip_keys_and_reports_the_rest(model):
         conv.load_into(model, {**published, "extra.key": torch.zeros(1)})
 
 
+def test_published_file_loads_as_is(model, tmp_path):
+    published = {k: torch.randn(s) for k, s in published_layout().items()}
+    torch.save({"model": published}, tmp_path / "segclip.bin")
+    conv.load_published(model, str(tmp_path / "segclip.bin"))
+    assert torch.equal(model.group.semantic_center, published["clip.visual.transformer.semantic_layer2.semantic_center"])
+    clip_sd = {k[len("clip."):]: v for k, v in conv.to_ours(published).items() if k.startswith("clip.")}
+    torch.save({k: v for k, v in published.items() if k != "clip.ln_final.weight"}, tmp_path / "partial.bin")
+    report = conv.load_published(model, str(tmp_path / "partial.bin"), clip_state_dict=clip_sd)
+    assert report["filled"] == ["clip.ln_final.weight"]
+
+
 def test_cross_attention_is_per_image(model):
     x = torch.randn(3, 3, 64, 80)
     together = model.visual(x)

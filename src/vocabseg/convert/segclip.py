@@ -141,3 +141,17 @@ def _listing(what: str, keys: list[str], limit: int = 12) -> str:
 def load_file(path: str) -> dict:
     """torch.load a published file safely (weights only)."""
     return unwrap(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def load_published(model, path: str, clip_state_dict: dict | None = None,
+                   clip: tuple[str, str] = ("ViT-B-16", "openai")) -> dict:
+    """Load ``segclip.bin`` (or our layout) from ``path``. When the file lacks CLIP
+    keys and no ``clip_state_dict`` is given, the OpenAI CLIP weights ``clip``
+    (open_clip arch, tag) are fetched through open_clip to fill them."""
+    sd = load_file(path)
+    ours = to_ours(sd) if detect(sd) else sd
+    lacks_clip = any(k.startswith("clip.") and k not in ours for k in model.state_dict())
+    if lacks_clip and clip_state_dict is None:
+        from ..backbones.clip import create_clip
+        clip_state_dict = create_clip(*clip)[0].state_dict()
+    return load_into(model, sd, clip_state_dict)
