@@ -216,3 +216,17 @@ def test_param_groups_follow_the_published_recipe():
     assert by["clip.visual.proj"] == (4e-3, 0.05) and by["clip.logit_scale"] == (4e-6, 0.05)
     assert by["group.semantic_center"] == (4e-3, 0.05) and by["decoder.decoder_pred.bias"] == (4e-3, 0.0)
     assert by["group.norm.weight"] == (4e-3, 0.05)      # published: decay on everything but biases
+
+
+def test_group_map_over_windows_and_image(model):
+    from vocabseg.engine.inference import encode
+    from vocabseg.models.segclip import groups_image
+    image = torch.rand(3, 70, 150)
+    feats = encode(model, image)
+    g = model.group_map(feats)
+    assert g.shape == (70, 150) and 0 <= int(g.min()) and int(g.max()) < 8
+    first = model.groups(feats.features[0])[0]           # window 0 covers the left 64x64 of the 64x137 image
+    resized = torch.nn.functional.interpolate(g[None, None].float(), size=feats.resized, mode="nearest")[0, 0]
+    assert (resized[:64, :64].long() == first[:64, :64]).float().mean() > 0.9
+    img = groups_image(g, (image * 255).to(torch.uint8))
+    assert img.size == (150, 70)

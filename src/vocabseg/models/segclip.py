@@ -126,6 +126,14 @@ class SegCLIP(SegModel):
         """LongTensor [B, H, W]: the region (0..L-1) each pixel is assigned to."""
         return features.assign
 
+    def group_map(self, feats) -> torch.Tensor:
+        """LongTensor [H, W] region ids over a whole image from ``engine.inference.encode``
+        output (windows pasted at their boxes, then nearest-resized to the original size)."""
+        out = torch.zeros(feats.resized, dtype=torch.long)
+        for (y0, x0, y1, x1), f in zip(feats.boxes, feats.features):
+            out[y0:y1, x0:x1] = self.groups(f)[0, : y1 - y0, : x1 - x0].cpu()
+        return F.interpolate(out[None, None].float(), size=feats.size, mode="nearest")[0, 0].long()
+
     def classify(self, features: SegCLIPFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, C, H, W] class scores in 0..1 (C = classes of ``vocab``)."""
         num_classes = len(vocab)
@@ -212,6 +220,20 @@ class SegCLIP(SegModel):
                  "weight_decay": cfg.get("weight_decay", 0.05) if decay else 0.0,
                  "name": f"{'lower' if lower else 'new'}{'' if decay else '_no_decay'}"}
                 for (lower, decay), ps in sorted(groups.items())]
+
+
+GROUP_PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                              [145, 30, 180], [70, 240, 240], [240, 50, 230]], dtype=torch.uint8)
+
+
+def groups_image(groups: torch.Tensor, image: torch.Tensor | None = None, alpha: float = 0.6):
+    """PIL image of a region map [H, W] (ids 0..7 coloured), blended over ``image``
+    (uint8 [3, H, W] RGB) with ``alpha`` when given."""
+    from PIL import Image
+    colour = GROUP_PALETTE[groups.clamp(min=0) % len(GROUP_PALETTE)].float()      # [H, W, 3]
+    if image is not None:
+        colour = alpha * colour + (1 - alpha) * image.permute(1, 2, 0).float()
+    return Image.fromarray(colour.round().clamp(0, 255).to(torch.uint8).numpy())
 
 
 def _reinit_block(block: nn.Module) -> None:
