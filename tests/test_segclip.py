@@ -230,3 +230,20 @@ def test_group_map_over_windows_and_image(model):
     assert (resized[:64, :64].long() == first[:64, :64]).float().mean() > 0.9
     img = groups_image(g, (image * 255).to(torch.uint8))
     assert img.size == (150, 70)
+
+
+def test_config_matches_the_published_recipe():
+    import yaml
+    from pathlib import Path
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "segclip-vit-b16.yaml").read_text())
+    assert set(cfg) >= {"model", "data", "vocabulary", "optim", "schedule", "train", "eval"}
+    o = cfg["optim"]
+    assert (o["lr"], o["lower_lr"], o["betas"], o["eps"], o["weight_decay"], o["clip_grad_norm"]) == \
+        (4e-3, 4e-6, [0.9, 0.98], 1e-6, 0.05, 1.0)
+    assert cfg["schedule"]["warmup_fraction"] == 0.15 and cfg["train"]["batch_size"] == 768
+    assert cfg["eval"]["bg_thresh"] == BG_THRESH
+    m = get_spec("tiny-segclip").build()
+    assert sorted(g["lr"] for g in m.param_groups(o)) == [4e-6, 4e-6, 4e-3, 4e-3]
+    tf = m.train_transform({k: v for k, v in cfg["data"]["transform"].items() if k != "size"} | {"size": 64})
+    item = tf({"image": torch.randint(0, 255, (3, 80, 90), dtype=torch.uint8), "caption": "x"})
+    assert item["image"].shape == (3, 64, 64) and item["superpixels"].shape == (4, 4)
