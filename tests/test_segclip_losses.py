@@ -1,6 +1,5 @@
 """SegCLIP's assignment and losses against independent computations."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -65,9 +64,8 @@ def test_superpixel_kl_hand_built():
     assert L.superpixel_kl(assign, torch.tensor([[[1, 2], [3, 4]]])).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def _worker(rank, world, port, path, text, image, scale):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, path, text, image, scale):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
     b = text.shape[0] // world
     t = text[rank * b:(rank + 1) * b].clone().requires_grad_(True)
     v = image[rank * b:(rank + 1) * b].clone().requires_grad_(True)
@@ -82,8 +80,7 @@ def test_contrastive_gathered_over_two_processes_equals_single(tmp_path):
     g = torch.Generator().manual_seed(0)
     text, image = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
     scale = torch.tensor(math.log(1 / 0.07))
-    port = 29500 + (os.getpid() % 2000)
-    mp.spawn(_worker, args=(2, port, str(tmp_path), text, image, scale), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path), text, image, scale), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     t, v, s = (x.clone().requires_grad_(True) for x in (text, image, scale))
     single = L.contrastive_loss(t, v, s)
