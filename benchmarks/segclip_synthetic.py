@@ -111,7 +111,7 @@ def evaluate(model, n: int = 60, size: int = 64, seed: int = 1234) -> dict:
 
 def run(steps: int, root, n_train: int = 512, batch: int = 32, seed: int = 0, log_every: int = 0) -> dict:
     torch.manual_seed(seed)
-    model = get_spec("tiny-segclip").build()
+    model = get_spec("segclip-tiny").build()
     loader = make_loader(root, n_train, 64, batch, seed)
     t0 = time.time()
     history = train(model, loader, steps, log_every=log_every)

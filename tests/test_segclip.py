@@ -13,7 +13,7 @@ from vocabseg.vocab import Vocabulary
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return get_spec("tiny-segclip").build()
+    return get_spec("segclip-tiny").build()
 
 
 def _block(prefix, w):
@@ -202,7 +202,7 @@ def test_text_identity_follows_weights(model):
 
 
 def test_param_groups_follow_the_published_recipe():
-    m = get_spec("tiny-segclip").build()
+    m = get_spec("segclip-tiny").build()
     groups = m.param_groups({"lr": 4e-3, "lower_lr": 4e-6, "weight_decay": 0.05})
     names = {id(p): n for n, p in m.named_parameters()}
     by = {n: (g["lr"], g["weight_decay"]) for g in groups for n in (names[id(p)] for p in g["params"])}
@@ -242,7 +242,7 @@ def test_config_matches_the_published_recipe():
         (4e-3, 4e-6, [0.9, 0.98], 1e-6, 0.05, 1.0)
     assert cfg["schedule"]["warmup_fraction"] == 0.15 and cfg["train"]["batch_size"] == 768
     assert cfg["eval"]["bg_thresh"] == BG_THRESH
-    m = get_spec("tiny-segclip").build()
+    m = get_spec("segclip-tiny").build()
     assert sorted(g["lr"] for g in m.param_groups(o)) == [4e-6, 4e-6, 4e-3, 4e-3]
     tf = m.train_transform({k: v for k, v in cfg["data"]["transform"].items() if k != "size"} | {"size": 64})
     item = tf({"image": torch.randint(0, 255, (3, 80, 90), dtype=torch.uint8), "caption": "x"})

@@ -94,7 +94,7 @@ def test_short_training_run_segments_above_chance(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # a tiny model: one thread is fastest, and far faster on a loaded machine
     try:
-        untrained = bench.evaluate(get_spec("tiny-segclip").build(), n=30)
+        untrained = bench.evaluate(get_spec("segclip-tiny").build(), n=30)
         out = bench.run(100, tmp_path, n_train=256, batch=32)
     finally:
         torch.set_num_threads(threads)

@@ -272,7 +272,7 @@ def _tiny(**kw) -> SegCLIP:
     """tiny-vit (4 blocks, width 48, 3 heads, 64 px), split after block 2; 64 px windows."""
     protocol = Protocol(short_side=64, max_side=512, mode="slide", window=64, stride=64, size_divisibility=16)
     model = build("tiny-vit", 2, protocol=protocol, **kw)
-    model.config = {"preset": "tiny-segclip", **kw}
+    model.config = {"preset": "segclip-tiny", **kw}
     return model
 
 
@@ -284,6 +284,6 @@ PRESETS = {
                              url="https://github.com/ArrowLuo/SegCLIP/releases/download/checkpoint_v0/segclip.bin"),
         clip=("ViT-B-16", "openai"),
         published={"voc21": 52.6, "pc60": 24.7, "coco-object": 26.5}),
-    "tiny-segclip": ModelSpec(name="tiny-segclip", family="segclip", build=_tiny,
+    "segclip-tiny": ModelSpec(name="segclip-tiny", family="segclip", build=_tiny,
                               description="tiny random SegCLIP for tests", clip=("tiny-vit", None), test_only=True),
 }
