@@ -47,13 +47,16 @@ def tensor_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def create_clip(arch: str, weights: str | None = None, device: str | torch.device = "cpu"):
+def create_clip(arch: str, weights: str | None = None, device: str | torch.device = "cpu",
+                quick_gelu: bool | None = None):
     """(model, tokenizer, identity). Raises WeightsNotFound with instructions
-    when pretrained weights cannot be found or fetched."""
+    when pretrained weights cannot be found or fetched. ``quick_gelu`` forces the
+    activation (e.g. a random-init model that will receive OpenAI-CLIP-derived
+    weights); None picks it from the weights."""
     register_configs()
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown CLIP architecture {arch!r}")
-    quick_gelu = False
+    forced, quick_gelu = quick_gelu, False
     if weights and not os.path.isfile(weights):
         cfg = open_clip.get_pretrained_cfg(arch, weights)
         if not cfg:
@@ -62,6 +65,8 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
         quick_gelu = bool(cfg.get("quick_gelu", False))
     elif weights:
         quick_gelu = weights_need_quick_gelu(arch, weights)
+    if forced is not None:
+        quick_gelu = bool(forced)
     try:
         model = open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu,
                                        cache_dir=str(clip_cache_dir()))
