@@ -9,8 +9,8 @@ Published layout (the detectron2 ``SAN`` module's state dict, possibly under ``m
 - ``side_adapter_network.``: the same names as our ``side.``
 - ``ov_classifier.``: the CLIP text tower (``transformer``, ``token_embedding``,
   ``positional_embedding``, ``ln_final``, ``text_projection``), ``logit_scale``,
-  ``bg_embed``; open_clip 2.16 keeps the causal ``attn_mask`` out of state dicts
-  (accepted if present and equal to the causal mask)
+  ``bg_embed`` and the causal text ``attn_mask`` (SAN re-registers CLIP's
+  buffers as persistent ones): a constant we rebuild, checked, not loaded
 - ``criterion.empty_weight``: the no-object class weights of training
   (171 ones then 0.1), a constant we rebuild: checked, not loaded.
 
@@ -103,8 +103,8 @@ def to_ours(state_dict: dict) -> dict:
 
 
 def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int = TRAIN_CLASSES) -> dict:
-    """Our key names -> the published layout (``criterion.empty_weight`` rebuilt
-    for ``num_train_classes``). ``split`` defaults to 9 for 12-block and 18 for
+    """Our key names -> the published layout (``ov_classifier.attn_mask`` and
+    ``criterion.empty_weight`` for ``num_train_classes`` rebuilt). ``split`` defaults to 9 for 12-block and 18 for
     24-block CLIP ViTs."""
     depth = _max_index(state_dict, "clip.visual.transformer.resblocks.")
     if split is None:
@@ -133,6 +133,7 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
             unknown.append(k)
     if unknown:
         raise KeyError("keys with no published name" + _listing("unknown", unknown))
+    out["ov_classifier.attn_mask"] = causal_mask(state_dict["clip.positional_embedding"].shape[0])
     weight = torch.ones(num_train_classes + 1)
     weight[-1] = EOS_COEF
     out["criterion.empty_weight"] = weight

@@ -188,10 +188,12 @@ class SAN(SegModel):
         return self.classify_at(features, text, vocab)
 
     # --- training --------------------------------------------------------
-    def forward_train(self, batch: list[dict], vocab: Vocabulary) -> dict[str, torch.Tensor]:
+    def forward_train(self, batch: list[dict], vocab: Vocabulary,
+                      text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Weighted losses (main + deep supervision) for training items: ``image``
         float [3, H, W] in 0..1, ``sem_seg`` LongTensor[H, W] with ``ignore_index``
-        (default 255); one target mask per class present, padded like the image."""
+        (default 255); one target mask per class present, padded like the image.
+        ``text`` [S, D] overrides the vocabulary's embeddings (default: the text encoder)."""
         from ..data.transforms import sem_seg_to_masks
         from ..engine.inference import normalize
         device = self.bg_embed.device
@@ -207,8 +209,10 @@ class SAN(SegModel):
             if t["labels"].numel() and int(t["labels"].max()) >= len(vocab):
                 raise ValueError(f"sem_seg holds class {int(t['labels'].max())}, the vocabulary has {len(vocab)}")
             targets.append({"labels": t["labels"], "masks": F.pad(t["masks"], pad)})
-        with torch.no_grad():
-            text = self.text_encoder()(vocab).to(device)
+        if text is None:
+            with torch.no_grad():
+                text = self.text_encoder()(vocab)
+        text = text.to(device)
         masks, embs = self.forward_features(torch.stack(images), decode_all=True)
         logits = [self.class_logits(e, text, vocab) for e in embs]
         outputs = {"pred_logits": logits[-1], "pred_masks": masks[-1],
@@ -269,7 +273,7 @@ build_san_vit_l14 = _preset("san-vit-l14", "ViT-L-14-336", split=18, heads=16, r
                             fusion={0: 0, 1: 6, 2: 12, 3: 18})
 build_san_tiny = _preset("san-tiny", "tiny-vit", split=2, heads=3, resolution=0.5,
                          fusion={0: 0, 1: 1, 2: 2}, quick_gelu=False, train_points=32 * 32,
-                         side=dict(width=32, depth=3, heads=2, image_size=64, num_queries=8,
+                         side=dict(width=32, depth=3, heads=2, patch_size=8, image_size=64, num_queries=8,
                                    deep_supervision=(2, 3), embed_channels=24, mlp_channels=24))
 
 PRESETS = {
