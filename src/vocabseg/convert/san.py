@@ -64,41 +64,54 @@ def _listing(what: str, keys: list[str], limit: int = 10) -> str:
     return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
 
 
-def to_ours(state_dict: dict) -> dict:
-    """Published key names -> ours (tensors shared, not copied). Raises
-    KeyError naming every key it cannot place, ValueError when a constant
-    (``criterion.empty_weight``, ``ov_classifier.attn_mask``) is not what SAN builds."""
+def _our_name(k: str, v: torch.Tensor, split: int) -> str | None:
+    """Our name of published key ``k``; None for a checked constant; "" if unknown."""
+    group, _, rest = k.partition(".")
+    if group == "clip_visual_extractor" and rest.startswith("resblocks."):
+        return "clip.visual.transformer." + rest
+    if group == "clip_visual_extractor" and rest.startswith(STEM_KEYS):
+        return "clip.visual." + rest
+    if group == "clip_rec_head" and (m := re.match(r"resblocks\.(\d+)\.(.*)", rest)):
+        return f"clip.visual.transformer.resblocks.{int(m.group(1)) + split}.{m.group(2)}"
+    if group == "clip_rec_head" and (rest == "proj" or rest.startswith("ln_post.")):
+        return "clip.visual." + rest
+    if group == "side_adapter_network":
+        return "side." + rest
+    if k == "ov_classifier.bg_embed":
+        return "bg_embed"
+    if k == "ov_classifier.attn_mask":
+        if not torch.equal(v.float(), causal_mask(v.shape[0])):
+            raise ValueError("ov_classifier.attn_mask is not the causal text mask open_clip builds")
+        return None
+    if group == "ov_classifier" and rest.startswith(TEXT_KEYS):
+        return "clip." + rest
+    if k == "criterion.empty_weight":
+        if v.ndim != 1 or not torch.all(v[:-1] == 1) or abs(float(v[-1]) - EOS_COEF) > 1e-6:
+            raise ValueError(f"criterion.empty_weight should be ones then {EOS_COEF} (no object)")
+        return None
+    return ""
+
+
+def to_ours(state_dict: dict, origin: dict | None = None) -> dict:
+    """Published key names -> ours (tensors shared, not copied); ``origin``, when
+    given, is filled with our name -> published name. Raises ValueError naming
+    every key it cannot place, or a constant (``criterion.empty_weight``,
+    ``ov_classifier.attn_mask``) that is not what SAN builds."""
     sd = unwrap(state_dict)
     split = _max_index(sd, "clip_visual_extractor.resblocks.")
     if split == 0:
-        raise KeyError("not a SAN checkpoint: no clip_visual_extractor.resblocks.* keys")
+        raise ValueError("not a SAN checkpoint: no clip_visual_extractor.resblocks.* keys")
     out, unknown = {}, []
     for k, v in sd.items():
-        group, _, rest = k.partition(".")
-        if group == "clip_visual_extractor" and rest.startswith("resblocks."):
-            out["clip.visual.transformer." + rest] = v
-        elif group == "clip_visual_extractor" and rest.startswith(STEM_KEYS):
-            out["clip.visual." + rest] = v
-        elif group == "clip_rec_head" and (m := re.match(r"resblocks\.(\d+)\.(.*)", rest)):
-            out[f"clip.visual.transformer.resblocks.{int(m.group(1)) + split}.{m.group(2)}"] = v
-        elif group == "clip_rec_head" and (rest == "proj" or rest.startswith("ln_post.")):
-            out["clip.visual." + rest] = v
-        elif group == "side_adapter_network":
-            out["side." + rest] = v
-        elif k == "ov_classifier.bg_embed":
-            out["bg_embed"] = v
-        elif k == "ov_classifier.attn_mask":
-            if not torch.equal(v.float(), causal_mask(v.shape[0])):
-                raise ValueError("ov_classifier.attn_mask is not the causal text mask open_clip builds")
-        elif group == "ov_classifier" and rest.startswith(TEXT_KEYS):
-            out["clip." + rest] = v
-        elif k == "criterion.empty_weight":
-            if v.ndim != 1 or not torch.all(v[:-1] == 1) or abs(float(v[-1]) - EOS_COEF) > 1e-6:
-                raise ValueError(f"criterion.empty_weight should be ones then {EOS_COEF} (no object)")
-        else:
+        name = _our_name(k, v, split)
+        if name == "":
             unknown.append(k)
+        elif name is not None:
+            out[name] = v
+            if origin is not None:
+                origin[name] = k
     if unknown:
-        raise KeyError("unexpected keys in the SAN checkpoint" + _listing("unexpected", unknown))
+        raise ValueError("the SAN checkpoint has keys SAN does not define" + _listing("unexpected", unknown))
     return out
 
 
@@ -132,7 +145,7 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
         else:
             unknown.append(k)
     if unknown:
-        raise KeyError("keys with no published name" + _listing("unknown", unknown))
+        raise ValueError("keys with no published SAN name" + _listing("unknown", unknown))
     out["ov_classifier.attn_mask"] = causal_mask(state_dict["clip.positional_embedding"].shape[0])
     weight = torch.ones(num_train_classes + 1)
     weight[-1] = EOS_COEF
@@ -143,14 +156,15 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
 def load_state_dict(model, state_dict: dict) -> None:
     """Load a published SAN state dict into our ``SAN`` model. Any missing or
     unexpected key, a different CLIP split or a shape mismatch is an error."""
-    ours = to_ours(state_dict)
+    origin: dict = {}
+    ours = to_ours(state_dict, origin)
     split = _max_index(unwrap(state_dict), "clip_visual_extractor.resblocks.")
     if split != model.split:
         raise ValueError(f"the checkpoint splits CLIP after block {split}, the model after {model.split}: "
                          "is it the right preset (san-vit-b16 / san-vit-l14)?")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ours))
-    unexpected = sorted(set(ours) - set(expected))
+    unexpected = sorted(f"{origin[k]} (ours: {k})" for k in set(ours) - set(expected))
     shapes = [f"{k}: file {tuple(ours[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
               if k in ours and tuple(ours[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
