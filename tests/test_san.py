@@ -13,6 +13,15 @@ from vocabseg.hub import get_spec
 from vocabseg.vocab import Vocabulary
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops: one thread avoids oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
