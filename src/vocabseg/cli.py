@@ -10,11 +10,10 @@ import argparse
 import importlib
 import sys
 
+from .errors import UserError  # noqa: F401  (commands raise it as vocabseg.cli.UserError)
+
 COMMANDS = ["segment", "models", "eval", "prepare", "train", "demo", "bench"]
 
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
