@@ -337,6 +337,8 @@ def test_page_segments_highlights_and_survives_bad_requests(server, tmp_path):
         # a corrupt file and an empty vocabulary: a message in the page
         submit(bad, "cat; dog")
         expect(status).to_contain_text("cannot read broken.png: not an image file")
+        expect(page.locator("#overlay img")).to_have_count(0)        # the previous result is cleared
+        expect(page.locator("#legend .token")).to_have_count(0)
         submit(REPO / "examples" / "coffee.jpg", " ; ")
         expect(status).to_contain_text("the vocabulary is empty")
         # ... and the next request is served (Enter submits too)

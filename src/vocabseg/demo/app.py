@@ -59,9 +59,8 @@ def build_app(factory: Callable, models: Sequence[str], limits: cb.Limits = cb.L
 
     def on_segment(image, model, vocabulary, templates):
         out = cb.segment(cache, model, image, vocabulary, templates, limits, results_dir)
-        if out.error:
-            return (status_html(out.message, True), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                    gr.skip())
+        if out.error:   # clear the previous result so it is not taken for this request's
+            return status_html(out.message, True), None, None, None, gr.Image(value=None, visible=False), None, None
         legend = gr.HighlightedText(value=out.legend, color_map=out.colors)
         pan = gr.Image(value=out.panoptic, visible=out.panoptic is not None)
         return (status_html(out.message), out.overlay, legend, out.labels, pan, out.files, out.view)

@@ -224,7 +224,7 @@ def new_result_dir(root: Path, keep: int = KEEP_RESULTS) -> Path:
 def _memory_only_text(segmenter, templates) -> None:
     """Encode vocabularies in memory only (a public page must not fill the disk
     cache) and keep that memory bounded."""
-    encoder = segmenter.model.text_encoder(templates)
+    encoder = segmenter.model.text_encoder(templates if templates is not None else segmenter.templates)
     encoder.cache = False
     if len(encoder._memory) > TEXT_MEMORY:
         encoder._memory.clear()
