@@ -13,7 +13,6 @@ the final classification.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from .checkpoint import is_checkpoint, load_checkpoint
 from .engine import inference
 from .errors import UnknownModel, UserError
 from .images import load_image
+from .optional import optional_import
 from .results import InstanceResult, PanopticResult, SemanticResult, confidence_of
 from .text import TEMPLATE_SETS
 from .vocab import Vocabulary
@@ -32,12 +32,7 @@ TASKS = ("semantic", "panoptic", "instance")
 
 
 def _converter(family: str):
-    try:
-        return importlib.import_module(f"vocabseg.convert.{family}")
-    except ModuleNotFoundError as e:
-        if e.name == f"vocabseg.convert.{family}":
-            return None
-        raise
+    return optional_import(f"vocabseg.convert.{family}")
 
 
 def _spec(name: str):
