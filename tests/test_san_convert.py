@@ -5,7 +5,9 @@ and the round trip reproduces every tensor."""
 import pytest
 import torch
 
+from vocabseg.api import load_model
 from vocabseg.convert import san as conv
+from vocabseg.errors import UserError
 from vocabseg.hub import get_spec
 from vocabseg.vocab import Vocabulary
 
@@ -149,6 +151,20 @@ def test_tiny_checkpoint_file_loads_and_round_trips(tmp_path):
     bare = tmp_path / "bare.pth"
     torch.save(sd, bare)
     conv.load_published(get_spec("san-tiny").build(), bare)
+
+
+def test_api_loads_the_published_file_as_it_is(tmp_path):
+    sd = fake_checkpoint("san-tiny", seed=3)
+    path = tmp_path / "san_tiny.pth"
+    torch.save({"model": sd}, path)
+    model = load_model("san-tiny", weights=path)
+    assert not model.training
+    assert torch.equal(model.side.query_embed, sd["side_adapter_network.query_embed"])
+    assert torch.equal(model.clip.text_projection, sd["ov_classifier.text_projection"])
+    with pytest.raises(UserError, match="holds its own CLIP"):
+        load_model("san-tiny", weights=path, clip_weights="openai")
+    with pytest.raises(UserError, match="cannot be loaded as san-vit-b16.*splits CLIP after block 2"):
+        load_model("san-vit-b16", weights=path)
 
 
 def test_unexplained_keys_are_errors(tmp_path):

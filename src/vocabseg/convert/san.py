@@ -174,10 +174,12 @@ def load_state_dict(model, state_dict: dict) -> None:
     model.reset_text_cache()
 
 
-def load_published(model, path: str | os.PathLike) -> None:
+def load_published(model, path: str | os.PathLike, clip_weights: str | None = None) -> None:
     """Load a published ``.pth`` file (``san_vit_b_16.pth`` / ``san_vit_large_14.pth``,
     read with ``weights_only=True``) into ``model``: CLIP (both towers), side
-    network and ``bg_embed`` all come from the file."""
+    network and ``bg_embed`` all come from the file, so ``clip_weights`` must be None."""
+    if clip_weights is not None:
+        raise ValueError("a published SAN file holds its own CLIP (both towers); do not pass CLIP weights")
     sd = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict) or not detect(sd):
         raise ValueError(f"{path} is not a published SAN checkpoint "
