@@ -191,7 +191,7 @@ class SAN(SegModel):
     def forward_train(self, batch: list[dict], vocab: Vocabulary,
                       text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Weighted losses (main + deep supervision) for training items: ``image``
-        float [3, H, W] in 0..1, ``sem_seg`` LongTensor[H, W] with ``ignore_index``
+        float [3, H, W] in 0..1 (or uint8), ``sem_seg`` LongTensor[H, W] with ``ignore_index``
         (default 255); one target mask per class present, padded like the image.
         ``text`` [S, D] overrides the vocabulary's embeddings (default: the text encoder)."""
         from ..data.transforms import sem_seg_to_masks
@@ -202,7 +202,9 @@ class SAN(SegModel):
         w = -(-max(item["image"].shape[-1] for item in batch) // div) * div
         images, targets = [], []
         for item in batch:
-            img = normalize(item["image"].to(device, torch.float32)[None], self.protocol)[0]
+            img = item["image"].to(device)
+            img = img.float() / 255.0 if not img.is_floating_point() else img.float()   # uint8 0..255 or float 0..1
+            img = normalize(img[None], self.protocol)[0]
             pad = (0, w - img.shape[-1], 0, h - img.shape[-2])
             images.append(F.pad(img, pad))
             t = sem_seg_to_masks(item["sem_seg"].to(device), item.get("ignore_index", 255))
