@@ -99,10 +99,13 @@ class SegCLIP(SegModel):
         self._identity = None
 
     def set_dataset(self, name: str) -> None:
-        """Use the published background threshold of benchmark ``name`` (voc21, pc60, coco-object)."""
-        if name not in BG_THRESH:
+        """Use the published background threshold of benchmark ``name`` (voc21, pc60,
+        coco-object). Datasets without a background class need none (no change)."""
+        from ..data.benchmarks import BENCHMARKS
+        if name in BG_THRESH:
+            self.bg_thresh = BG_THRESH[name]
+        elif name in BENCHMARKS and BENCHMARKS[name].background is not None:
             raise ValueError(f"no SegCLIP background threshold for {name!r}; known: {', '.join(BG_THRESH)}")
-        self.bg_thresh = BG_THRESH[name]
 
     # --- image -----------------------------------------------------------------
     def visual(self, images: torch.Tensor, noise: bool = False):
