@@ -4,12 +4,13 @@
 (``vocabseg.data.synthetic.class_color``): a deterministic, imperfect model
 whose semantic, panoptic and instance outputs exercise every evaluation path.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/engine_helpers.py ROOT OUT
-evaluates segclip-tiny (seeded weights) on voc21 and the colour model on
-coco-panoptic and writes OUT/rank<r>.json.
+    python -m torch.distributed.run --nproc_per_node 2 tests/engine_helpers.py ROOT CKPT OUT
+evaluates the colour model on coco-panoptic and, with ``vocabseg eval``, the
+checkpoint CKPT on voc21, and writes OUT/rank<r>.json.
 """
 import json
 import sys
+from pathlib import Path
 from contextlib import contextmanager
 
 import torch
@@ -90,29 +91,33 @@ def colour_model_for(dataset):
     raise ValueError(dataset.name)
 
 
-def evaluate_all(root: str) -> dict:
-    """The numbers the distributed test compares: segclip-tiny on voc21 (batches of
-    2 images, sliding windows) and the colour model on coco-panoptic."""
+def evaluate_all(root: str, checkpoint: str, out: str, read: bool = True) -> dict:
+    """The numbers the distributed test compares: the colour model on coco-panoptic
+    (engine API), then ``vocabseg eval`` of a segclip-tiny checkpoint on voc21
+    (batches of 2 images, sliding windows); the CLI's JSON is read back (``read``:
+    process 0, which wrote it)."""
+    from vocabseg.cli import main
     from vocabseg.data import get_dataset
     from vocabseg.engine import inference
     from vocabseg.engine.evaluate import evaluate
-    from vocabseg.hub import get_spec
-    torch.manual_seed(0)
-    model = get_spec("segclip-tiny").build()
-    out = {"voc21": evaluate(model, get_dataset("voc21", root=root), batch_size=2, workers=0, progress=False)}
     pan = get_dataset("coco-panoptic", root=root)
     with patched(inference, panoptic=fake_panoptic, instances=fake_instances):
-        out["coco-panoptic"] = evaluate(colour_model_for(pan), pan, batch_size=2, workers=1, progress=False)
-    for r in out.values():
+        result = {"coco-panoptic": evaluate(colour_model_for(pan), pan, batch_size=2, workers=1, progress=False)}
+    code = main(["eval", "--model", checkpoint, "--dataset", "voc21", "--root", root, "--out", out,
+                 "--batch-size", "2", "--workers", "1", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    if read:
+        result["voc21"] = json.loads((Path(out) / f"eval_{Path(checkpoint).name}_voc21.json").read_text())
+    for r in result.values():
         r.pop("seconds"), r.pop("world_size")
-    return out
+    return result
 
 
 if __name__ == "__main__":
     from vocabseg.engine import distributed as D
     torch.set_num_threads(1)
     info = D.init("cpu")
-    result = evaluate_all(sys.argv[1])
-    with open(f"{sys.argv[2]}/rank{info.rank}.json", "w") as f:
-        json.dump({"world_size": D.world_size(), **result}, f)
-    D.cleanup()
+    world = D.world_size()
+    result = evaluate_all(*sys.argv[1:4], read=info.rank == 0)
+    with open(f"{sys.argv[3]}/rank{info.rank}.json", "w") as f:
+        json.dump({"world_size": world, **result}, f)

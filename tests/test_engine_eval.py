@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vocabseg.cli import main as cli_main
 from vocabseg.data import get_dataset
 from vocabseg.data.synthetic import write_benchmark
 from vocabseg.engine import inference
@@ -120,21 +121,49 @@ def test_panoptic_evaluation_pq_and_mask_ap(root):
     assert result["mask_ap"]["ap"] is not None
 
 
-def test_torchrun_two_processes_give_the_single_process_numbers(root, tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from vocabseg.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    return save_checkpoint(get_spec("segclip-tiny").build(), tmp_path_factory.mktemp("ckpt") / "segclip-tiny")
+
+
+def test_eval_command_writes_named_metrics(root, checkpoint, tmp_path, capsys):
+    code = cli_main(["eval", "--model", str(checkpoint), "--dataset", "voc21", "ade150", "--root", str(root),
+                     "--out", str(tmp_path), "--limit", "2", "--workers", "0", "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "miou_gt" in text and "miou_any" in text and "mean over the" in text
+    for name in ("voc21", "ade150"):
+        r = json.loads((tmp_path / f"eval_segclip-tiny_{name}.json").read_text())
+        assert r["images"] == 2 and r["dataset"] == name and r["model"] == "segclip-tiny"
+        assert {"miou_gt", "miou_any", "fwiou", "macc", "pacc", "per_class_iou"} <= set(r)
+        assert len(r["per_class_iou"]) == get_dataset(name, root=root).num_classes
+    for args, message in ((["--dataset", "nope"], "unknown dataset 'nope'"),
+                          (["--dataset", "voc21", "--limit", "0"], "--limit must be at least 1"),
+                          (["--dataset", "pc59"], "vocabseg prepare pcontext"),
+                          (["--dataset", "voc21", "--vocab-convention", "san"], "has no 'san' class names"),
+                          (["--dataset", "voc21", "--templates", "many"], "unknown template set 'many'")):
+        assert cli_main(["eval", "--model", str(checkpoint), "--root", str(root), "--workers", "0", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_torchrun_two_processes_give_the_single_process_numbers(root, checkpoint, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                            # as each torchrun process runs
     try:
-        single = evaluate_all(str(root))
+        single = evaluate_all(str(root), str(checkpoint), str(tmp_path / "single"))
     finally:
         torch.set_num_threads(threads)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "engine_helpers.py"), str(root), str(tmp_path)]
+           str(ROOT / "tests" / "engine_helpers.py"), str(root), str(checkpoint), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
-    for r in ranks:
-        r.pop("world_size")
-        assert r == json.loads(json.dumps(single))      # every number, every class, PQ and AP
+    assert ranks[0].pop("world_size") == ranks[1].pop("world_size") == 2
+    single = json.loads(json.dumps(single))
+    assert ranks[0] == single                           # every number, every class, PQ and AP
+    assert ranks[1]["coco-panoptic"] == single["coco-panoptic"]
     assert single["voc21"]["pixels"] > 0 and single["coco-panoptic"]["pq"]["all"]["n"] > 0

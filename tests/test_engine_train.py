@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from vocabseg.cli import main as cli_main
 from vocabseg.data.captions import shape_sample, write_shards
+from vocabseg.data.synthetic import write_benchmark
 from vocabseg.engine.config import ConfigError, apply_overrides, load_config, parse_value, validate
 from vocabseg.engine.optim import clip_gradients, default_param_groups, param_groups
 from vocabseg.engine.schedule import Schedule
@@ -169,17 +170,26 @@ def _caption_config(root, out, iterations=6, **train):
 
 
 def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if "loss" in x]
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    from vocabseg.checkpoint import load_checkpoint
+    write_benchmark("voc20", tmp_path / "data", num_images=2, size=(64, 64))
     cfg = _caption_config(tmp_path, tmp_path / "full")       # 24 captions / 4 = 6 iterations per epoch
     cfg["schedule"]["iterations"] = 7                          # crosses an epoch boundary
+    cfg["train"]["eval_every"] = 4                             # evaluation in between leaves training alone
+    cfg["eval"].update(datasets=["voc20"], root=str(tmp_path / "data"))
     full = train(cfg, progress=False)
     assert full["iteration"] == 7 and not full["stopped"]
     ckpts = sorted((tmp_path / "full" / "checkpoints").glob("iter_*.pt"))
     assert [p.name for p in ckpts] == [f"iter_{i:08d}.pt" for i in (2, 4, 6, 7)]
-    assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
+    log = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iter"] for x in log if "eval" in x] == [4, 7] and full["eval"]["voc20"]["images"] == 2
+    assert (tmp_path / "full" / "eval" / "iter_00000004_voc20.json").is_file()
+    saved = load_checkpoint(tmp_path / "full" / "model")      # a vocabseg checkpoint folder: eval --model DIR
+    assert all(torch.equal(v, full["model"].state_dict()[k]) for k, v in saved.state_dict().items())
     resumed = train(cfg, output_dir=tmp_path / "part", resume=ckpts[1], progress=False)      # from iteration 4
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full")[4:]
     a, b = full["model"].state_dict(), resumed["model"].state_dict()

@@ -55,12 +55,13 @@ def run(args) -> int:
     from ..data import get_dataset
     from ..engine import distributed as D
     from ..engine.evaluate import evaluate, summary_lines
+    from ..text import TEMPLATE_SETS
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if args.templates not in (None, "single", "vild", "imagenet"):
-        raise UserError(f"unknown template set {args.templates!r}; use single, vild or imagenet")
+    if args.templates is not None and args.templates not in TEMPLATE_SETS:
+        raise UserError(f"unknown template set {args.templates!r}; use {', '.join(TEMPLATE_SETS)}")
     convention = None if args.vocab_convention == "default" else args.vocab_convention
     try:
         datasets = [get_dataset(name, args.split, args.root) for name in args.dataset]

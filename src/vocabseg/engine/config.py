@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import UserError
+from ..errors import UserError
 
 
 class ConfigError(UserError, ValueError):
