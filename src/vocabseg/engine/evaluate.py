@@ -28,6 +28,7 @@ from . import inference
 from .batched import infer_batch
 from .mask_ap import detections, gt_instances, mask_ap
 from .metrics import ConfusionMatrix, PanopticStats, panoptic_metrics, semantic_metrics
+from .subset import with_vocabulary
 
 # The class-name convention each family's published evaluation used.
 DEFAULT_CONVENTION = {"san": "san", "fcclip": "fcclip", "maskclip": "tf", "segclip": None}
@@ -64,15 +65,15 @@ def _tasks(model) -> tuple:
 def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None, batch_size: int = 4,
              workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto") -> dict:
     """Evaluate ``model`` on ``dataset`` (this process's share under torchrun) -> metrics dict
-    (identical on every process). ``vocab`` defaults to ``dataset_vocabulary``;
+    (identical on every process). ``vocab`` defaults to ``dataset_vocabulary``; a
+    vocabulary of fewer classes evaluates on those classes (``subset.py``);
     ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images."""
     from tqdm.auto import tqdm
     t0 = time.time()
     used = "custom"
     if vocab is None:
         vocab, used = dataset_vocabulary(dataset, convention, model_family(model))
-    if len(vocab) != dataset.num_classes:
-        raise ValueError(f"the vocabulary has {len(vocab)} classes but {dataset.name} has {dataset.num_classes}")
+    dataset = with_vocabulary(dataset, vocab)      # fewer classes: labels remapped, the others ignored
     if hasattr(model, "set_dataset"):
         model.set_dataset(dataset.name)
     model.eval()

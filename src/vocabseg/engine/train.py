@@ -35,7 +35,8 @@ from .checkpoint import last_checkpoint, load_training_state, preserved_rng, rng
     seed_all, set_rng_state
 from .optim import build_optimizer, clip_gradients, param_groups
 from .schedule import Schedule
-from .train_data import EpochBatches, SeededTransform, build_train_set, make_loader
+from .subset import with_vocabulary
+from .train_data import EpochBatches, SeededTransform, build_sources, concat, make_loader
 
 PRECISION = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -67,8 +68,9 @@ def build_model(mcfg: dict):
 
 
 def train_vocabulary(cfg: dict, sources: list, model):
-    """``data.vocabulary`` (a vocabulary string, e.g. ``coco-stuff:san``), else the
-    benchmark's names in the model family's convention, else None (captions)."""
+    """``data.vocabulary`` (a vocabulary string, e.g. ``coco-stuff:san``, or a subset of
+    the benchmark's classes: see ``subset.py``), else the benchmark's names in the
+    model family's convention, else None (captions)."""
     from ..vocab import Vocabulary
     from .evaluate import dataset_vocabulary, model_family
     if cfg["data"]["vocabulary"]:
@@ -202,8 +204,11 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
     model = build_model(cfg["model"]).to(dist.device)
     if not hasattr(model, "forward_train"):
         raise ValueError(f"model {cfg['model']['preset']} has no forward_train: it cannot be trained")
-    train_set, sources = build_train_set(cfg["data"])
+    sources = build_sources(cfg["data"])
     vocab = train_vocabulary(cfg, sources, model)
+    if vocab is not None:        # benchmark labels follow the training vocabulary (a subset: others ignored)
+        sources = [with_vocabulary(s, vocab) if hasattr(s, "vocabulary_for") else s for s in sources]
+    train_set = concat(sources)
     transform = model.train_transform(cfg) if hasattr(model, "train_transform") else None
     ignore = getattr(sources[0], "ignore_index", None)
     data = SeededTransform(train_set, transform, seed, ignore)

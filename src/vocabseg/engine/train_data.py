@@ -57,11 +57,14 @@ def build_source(src: dict, root: str | None):
                      "type: coco-captions")
 
 
-def build_train_set(data: dict):
-    """``data.train`` (one source or a list) -> (dataset, list of sources)."""
+def build_sources(data: dict) -> list:
+    """``data.train`` (one source or a list) -> list of datasets."""
     srcs = data["train"] if isinstance(data["train"], list) else [data["train"]]
-    sets = [build_source(s, data.get("root")) for s in srcs]
-    return (sets[0] if len(sets) == 1 else ConcatDataset(sets)), sets
+    return [build_source(s, data.get("root")) for s in srcs]
+
+
+def concat(sources: list):
+    return sources[0] if len(sources) == 1 else ConcatDataset(sources)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
