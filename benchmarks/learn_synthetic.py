@@ -194,14 +194,14 @@ def learn(preset: str, work: Path, iterations: int, train_images: int = 512, see
 
 
 def calibrate(preset: str, minutes: float, train_images: int, seed: int) -> int:
-    """Iterations that fit in ``minutes``, from the time of a short run."""
+    """Iterations that fit in ``minutes``: the median iteration time of a short run."""
+    import json
     with tempfile.TemporaryDirectory() as tmp:
         from vocabseg.hub import get_spec
-        cfg, _ = recipe(preset, get_spec(preset).family, Path(tmp), 8, min(train_images, 64), seed)
-        cfg["train"]["log_every"] = 1
-        t0 = time.time()
+        cfg, _ = recipe(preset, get_spec(preset).family, Path(tmp), 10, min(train_images, 128), seed)
         train(cfg, progress=False)
-        per_iter = (time.time() - t0) / 8
+        lines = (Path(cfg["train"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()
+        per_iter = float(np.median([json.loads(x)["seconds_per_iter"] for x in lines if '"loss"' in x][2:]))
     return max(20, int(minutes * 60 / per_iter))
 
 

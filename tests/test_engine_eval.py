@@ -101,6 +101,28 @@ def test_vocabulary_convention_per_family(root):
         evaluate(model, ade, vocab=Vocabulary.parse("wall; kitten"), progress=False)
 
 
+def test_a_subset_vocabulary_remaps_labels_and_segments(root):
+    from vocabseg.engine.subset import with_vocabulary
+    ds = get_dataset("coco-panoptic", root=root)
+    item = ds[0]
+    present = sorted({s["category_id"] for s in item["segments_info"]})
+    keep = present[:2]
+    names = ds.vocabulary.names
+    vocab = Vocabulary.parse("; ".join(names[c].upper() for c in reversed(keep)))   # any case, any order
+    sub = with_vocabulary(ds, vocab)
+    got = sub[0]
+    assert sub.num_classes == 2 and with_vocabulary(ds, ds.vocabulary_for("fcclip")) is ds
+    for new, old in enumerate(reversed(keep)):
+        assert torch.equal(got["sem_seg"] == new, item["sem_seg"] == old)
+    dropped = [s["id"] for s in item["segments_info"] if s["category_id"] not in keep]
+    assert all(not (got["pan_seg"] == i).any() for i in dropped)                   # now VOID
+    assert sorted(s["category_id"] for s in got["segments_info"]) == sorted(
+        1 - keep.index(s["category_id"]) for s in item["segments_info"] if s["category_id"] in keep)
+    assert ((got["sem_seg"] == 255) == ~((item["sem_seg"] == keep[0]) | (item["sem_seg"] == keep[1]))).all()
+    with pytest.raises(ValueError, match="'unicorn' is not a class of coco-panoptic"):
+        with_vocabulary(ds, Vocabulary.parse("person; unicorn"))
+
+
 def test_panoptic_evaluation_pq_and_mask_ap(root):
     ds = get_dataset("coco-panoptic", root=root)
     model = colour_model_for(ds)

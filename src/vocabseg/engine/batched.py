@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inference import pad_to_multiple, preprocess, window_boxes
+from .inference import pad_to_multiple, preprocess, protocol_boxes
 
 
 @torch.no_grad()
@@ -26,13 +26,7 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
         x = preprocess(img.to(device), p)
         h, w = x.shape[-2:]
         resized.append((h, w))
-        if p.mode == "whole":
-            boxes = [(0, 0, h, w)]
-        elif p.mode == "slide":
-            boxes = window_boxes(h, w, p.window, p.stride)
-        else:
-            raise ValueError(f"unknown inference mode {p.mode!r}")
-        for (y0, x0, y1, x1) in boxes:
+        for (y0, x0, y1, x1) in protocol_boxes(p, h, w):
             crops.append((i, (y0, x0, y1, x1),
                           pad_to_multiple(x[..., y0:y1, x0:x1], p.size_divisibility, p.pad_value)[0]))
     by_shape: dict[tuple, list[int]] = {}
