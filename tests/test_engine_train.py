@@ -49,6 +49,9 @@ def test_config_defaults_overrides_and_errors(tmp_path):
     assert cli_main(["train", str(path), "optim.lr"]) == 2
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+    cfg = validate({**BASE, "eval": {"datasets": ["voc20"], "root": str(tmp_path / "none")}})
+    with pytest.raises(FileNotFoundError, match="vocabseg prepare voc"):    # before any training
+        train(cfg, output_dir=tmp_path / "run", progress=False)
 
 
 def test_schedules_follow_their_formulas():

@@ -2,7 +2,7 @@
 
     model:    preset (zoo name), clip_weights, weights, + the preset's build options
     data:     train (source or list of sources), root, vocabulary, workers,
-              + options of the model's train_transform (e.g. crop_size, transform: {...})
+              transform (options of the model's train_transform), + other model keys
     optim:    name, lr, weight_decay, betas, eps, momentum, clip_grad_norm, clip_grad_type,
               freeze, + options of the model's param_groups (e.g. lower_lr)
     schedule: name, iterations | epochs, power, milestones, gamma, warmup_iters |
@@ -39,7 +39,7 @@ SCHEMA = {
     "model": ({"preset": (str, None), "clip_weights": ((str, type(None)), None), "weights": ((str, type(None)), None)},
               True),
     "data": ({"train": ((dict, list), None), "root": ((str, type(None)), None),
-              "vocabulary": ((str, type(None)), None), "workers": (int, 2)}, True),
+              "vocabulary": ((str, type(None)), None), "workers": (int, 2), "transform": (dict, {})}, True),
     "optim": ({"name": (str, "adamw"), "lr": (NUM, None), "weight_decay": (NUM, 0.0), "betas": (list, [0.9, 0.999]),
                "eps": (NUM, 1e-8), "momentum": (NUM, 0.9), "clip_grad_norm": ((int, float, type(None)), None),
                "clip_grad_type": (str, "full_model"), "freeze": (list, [])}, True),

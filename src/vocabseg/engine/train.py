@@ -198,6 +198,14 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
     output_dir = Path(output_dir or t_cfg["output_dir"] or "")
     if not str(output_dir) or str(output_dir) == ".":
         raise ValueError("no output folder: set train.output_dir or pass --output DIR")
+    ev = cfg["eval"]
+    if ev["datasets"]:        # a missing evaluation set fails now, not after hours of training
+        from ..data import get_dataset
+        for name in ev["datasets"]:
+            try:
+                get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
+            except KeyError as e:
+                raise ValueError(f"eval.datasets: {e.args[0]}") from None
     dist = D.init(device)
     seed = t_cfg["seed"]
     seed_all(seed)                                    # identical initial weights on every process
