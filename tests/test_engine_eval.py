@@ -123,6 +123,22 @@ def test_a_subset_vocabulary_remaps_labels_and_segments(root):
         with_vocabulary(ds, Vocabulary.parse("person; unicorn"))
 
 
+def test_a_model_with_its_own_semantic_path_is_evaluated_through_it(root):
+    ds = get_dataset("coco-panoptic", root=root)
+    model = colour_model_for(ds)
+    model.tasks = ("semantic",)
+    plain = evaluate(model, ds, workers=0, progress=False, limit=2)
+    calls = []
+
+    def semantic_resized(m, feats, text, vocab):     # a stand-in that inverts the scores
+        calls.append(feats.size)
+        return -inference.scores(m, feats, text, vocab)
+    model.semantic = True
+    with patched(inference, semantic_resized=semantic_resized):
+        inverted = evaluate(model, ds, workers=0, progress=False, limit=2)
+    assert len(calls) == 2 and plain["miou_gt"] > 60 and inverted["miou_gt"] < 5
+
+
 def test_panoptic_evaluation_pq_and_mask_ap(root):
     ds = get_dataset("coco-panoptic", root=root)
     model = colour_model_for(ds)

@@ -159,7 +159,7 @@ def test_seeded_transform_is_independent_of_order_and_keeps_global_rng():
 
 def _caption_config(root, out, iterations=6, **train):
     rng = np.random.default_rng(0)
-    write_shards(root / "shards", [shape_sample(rng, 64)[:2] for _ in range(24)], per_shard=8)
+    write_shards(root / "shards", [shape_sample(rng, 64)[:2] for _ in range(12)], per_shard=6)
     cfg = {"model": {"preset": "segclip-tiny"},
            "data": {"train": [{"type": "webdataset", "path": str(root / "shards")}], "workers": 2,
                     "transform": {"size": 64, "scale": [0.6, 1.0], "sp_short_side": 64, "sp_scale": 64,
@@ -180,21 +180,22 @@ def _losses(run_dir):
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     from vocabseg.checkpoint import load_checkpoint
     write_benchmark("voc20", tmp_path / "data", num_images=2, size=(64, 64))
-    cfg = _caption_config(tmp_path, tmp_path / "full")       # 24 captions / 4 = 6 iterations per epoch
-    cfg["schedule"]["iterations"] = 7                          # crosses an epoch boundary
-    cfg["train"]["eval_every"] = 4                             # evaluation in between leaves training alone
+    cfg = _caption_config(tmp_path, tmp_path / "full")       # 12 captions / 4 = 3 iterations per epoch
+    cfg["schedule"]["iterations"] = 5                          # crosses an epoch boundary
+    cfg["train"]["eval_every"] = 2                             # evaluation in between leaves training alone
     cfg["eval"].update(datasets=["voc20"], root=str(tmp_path / "data"))
     full = train(cfg, progress=False)
-    assert full["iteration"] == 7 and not full["stopped"]
+    assert full["iteration"] == 5 and not full["stopped"]
     ckpts = sorted((tmp_path / "full" / "checkpoints").glob("iter_*.pt"))
-    assert [p.name for p in ckpts] == [f"iter_{i:08d}.pt" for i in (2, 4, 6, 7)]
+    assert [p.name for p in ckpts] == [f"iter_{i:08d}.pt" for i in (2, 4, 5)]
     log = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["iter"] for x in log if "eval" in x] == [4, 7] and full["eval"]["voc20"]["images"] == 2
-    assert (tmp_path / "full" / "eval" / "iter_00000004_voc20.json").is_file()
+    assert [x["iter"] for x in log if "eval" in x] == [2, 4, 5] and full["eval"]["voc20"]["images"] == 2
+    assert (tmp_path / "full" / "eval" / "iter_00000002_voc20.json").is_file()
     saved = load_checkpoint(tmp_path / "full" / "model")      # a vocabseg checkpoint folder: eval --model DIR
     assert all(torch.equal(v, full["model"].state_dict()[k]) for k, v in saved.state_dict().items())
-    resumed = train(cfg, output_dir=tmp_path / "part", resume=ckpts[1], progress=False)      # from iteration 4
-    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")[4:]
+    # from iteration 2: the full run evaluated there, the resumed one does not
+    resumed = train(cfg, output_dir=tmp_path / "part", resume=ckpts[0], progress=False)
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")[2:]
     a, b = full["model"].state_dict(), resumed["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):

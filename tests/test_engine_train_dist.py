@@ -42,21 +42,22 @@ def test_two_process_training_stopped_and_resumed_equals_uninterrupted(tmp_path)
                  "workers": 1, "transform": {"crop_size": 64, "short_sizes": [64, 80], "max_size": 256},
                  "crop_size": 64, "short_sizes": [64, 80], "max_size": 256},   # SAN on main still reads data.*
         "optim": {"lr": 1e-3, "weight_decay": 1e-4, "clip_grad_norm": 0.01},
-        "schedule": {"name": "poly", "iterations": 7},          # 4 iterations per epoch at batch 4
+        "schedule": {"name": "poly", "iterations": 6},          # 4 iterations per epoch at batch 4
         "train": {"batch_size": 4, "log_every": 1, "checkpoint_every": 100}}))
     _torchrun(config, tmp_path / "full")
     full = _losses(tmp_path / "full")
-    assert len(full) == 7
+    assert len(full) == 6
 
     part = tmp_path / "part"
     proc = _torchrun(config, part, wait=False)
     deadline = time.time() + 240
-    while time.time() < deadline and not ((part / "metrics.jsonl").exists() and len(_losses(part)) >= 2):
-        time.sleep(0.2)
+    log = part / "metrics.jsonl"
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
+        time.sleep(0.05)                                        # one complete line: iteration 1 is done
     proc.send_signal(signal.SIGTERM)                            # as a cluster pre-empting the job would
     proc.communicate(timeout=120)
     stopped = int((part / "checkpoints" / "last").read_text().strip()[5:13])
-    assert 2 <= stopped < 7 and len(_losses(part)) == stopped   # saved at the iteration it stopped
+    assert 1 <= stopped < 6 and len(_losses(part)) == stopped   # saved at the iteration it stopped
     assert not (part / "model").exists()
     _torchrun(config, part, "--resume")
     assert _losses(part) == full
