@@ -56,6 +56,15 @@ def window_boxes(h: int, w: int, window: int, stride: int) -> list[tuple[int, in
     return boxes
 
 
+def protocol_boxes(p: Protocol, h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """The crops of an image resized to [h, w]: the whole image, or the slide grid."""
+    if p.mode == "whole":
+        return [(0, 0, h, w)]
+    if p.mode == "slide":
+        return window_boxes(h, w, p.window, p.stride)
+    raise ValueError(f"unknown inference mode {p.mode!r}")
+
+
 @dataclass
 class ImageFeatures:
     """The vocabulary-independent part of one image's inference."""
@@ -80,12 +89,7 @@ def encode(model, image: torch.Tensor, protocol: Protocol | None = None) -> Imag
     size = tuple(image.shape[-2:])
     x = preprocess(image, p)
     h, w = x.shape[-2:]
-    if p.mode == "whole":
-        boxes = [(0, 0, h, w)]
-    elif p.mode == "slide":
-        boxes = window_boxes(h, w, p.window, p.stride)
-    else:
-        raise ValueError(f"unknown inference mode {p.mode!r}")
+    boxes = protocol_boxes(p, h, w)
     feats, padded = [], []
     for (y0, x0, y1, x1) in boxes:
         crop = pad_to_multiple(x[..., y0:y1, x0:x1], p.size_divisibility, p.pad_value)

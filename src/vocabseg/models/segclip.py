@@ -60,7 +60,8 @@ class SegCLIP(SegModel):
 
     def __init__(self, clip, tokenizer, split: int, arch: str = "", num_centers: int = 8, cross_layers: int = 2, tau: float = 0.9,
                  topk: int = 5, bg_thresh: float = 0.80, mask_ratio: float = 0.75, decoder_depth: int = 3,
-                 decoder_heads: int = 8, caption_length: int = 32, protocol: Protocol | None = None):
+                 decoder_heads: int = 8, caption_length: int = 32, loss_weights: dict | None = None,
+                 protocol: Protocol | None = None):
         super().__init__()
         self.clip = clip
         self.tokenizer = tokenizer
@@ -80,6 +81,10 @@ class SegCLIP(SegModel):
         self.decoder = L.MaskedDecoder(vit.width, vit.width // 2, round(grid ** 0.5), vit.patch_size,
                                        decoder_depth, decoder_heads)
         self.loss_weights = {"contrastive": 1.0, "reconstruction": 1.0, "superpixel": 1.0}
+        unknown = set(loss_weights or {}) - set(self.loss_weights)
+        if unknown:
+            raise ValueError(f"unknown SegCLIP losses {sorted(unknown)}; known: {', '.join(self.loss_weights)}")
+        self.loss_weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
         self.protocol = protocol or Protocol(short_side=224, max_side=2048, mode="slide", window=224, stride=224,
                                              size_divisibility=vit.patch_size)
         self._identity: str | None = None
@@ -99,10 +104,13 @@ class SegCLIP(SegModel):
         self._identity = None
 
     def set_dataset(self, name: str) -> None:
-        """Use the published background threshold of benchmark ``name`` (voc21, pc60, coco-object)."""
-        if name not in BG_THRESH:
+        """Use the published background threshold of benchmark ``name`` (voc21, pc60,
+        coco-object). Datasets without a background class need none (no change)."""
+        from ..data.benchmarks import BENCHMARKS
+        if name in BG_THRESH:
+            self.bg_thresh = BG_THRESH[name]
+        elif name in BENCHMARKS and BENCHMARKS[name].background is not None:
             raise ValueError(f"no SegCLIP background threshold for {name!r}; known: {', '.join(BG_THRESH)}")
-        self.bg_thresh = BG_THRESH[name]
 
     # --- image -----------------------------------------------------------------
     def visual(self, images: torch.Tensor, noise: bool = False):
@@ -158,11 +166,13 @@ class SegCLIP(SegModel):
 
     # --- training --------------------------------------------------------------
     def train_transform(self, cfg: dict | None = None):
-        """Dataset item (uint8 image + caption) -> training item (see ``data.captions``)."""
+        """Dataset item (uint8 image + caption) -> training item (see ``data.captions``).
+        ``cfg``: the training config; options from ``data.transform`` (size, scale,
+        superpixels, sp_short_side, sp_scale, sp_sigma, sp_min_size)."""
         from ..data.captions import CaptionTransform
-        cfg = dict(cfg or {})
-        cfg.setdefault("size", round((self.clip.visual.positional_embedding.shape[0] - 1) ** 0.5) * self.vit.patch_size)
-        return CaptionTransform(size=int(cfg.pop("size")), patch=self.vit.patch_size, **cfg)
+        opts = dict(((cfg or {}).get("data") or {}).get("transform") or {})
+        opts.setdefault("size", round((self.clip.visual.positional_embedding.shape[0] - 1) ** 0.5) * self.vit.patch_size)
+        return CaptionTransform(size=int(opts.pop("size")), patch=self.vit.patch_size, **opts)
 
     def forward_train(self, batch: list[dict], vocab: Vocabulary | None = None) -> dict[str, torch.Tensor]:
         """Losses (weighted by ``loss_weights``) for items with ``image`` float [3, S, S]
@@ -203,10 +213,12 @@ class SegCLIP(SegModel):
         return L.reconstruction_loss(self.decoder(x, ids_restore), images, mask, self.vit.patch_size)
 
     def param_groups(self, cfg: dict) -> list[dict]:
-        """Published optimiser groups: ``FROZEN`` parameters get requires_grad False;
-        ``LOWER_LR`` ones use ``cfg['lower_lr']`` (4e-6), the rest (group module,
-        last vision blocks, ln_post, proj, MAE parts) ``cfg['lr']`` (4e-3); weight
-        decay ``cfg['weight_decay']`` on everything but biases (as published)."""
+        """Published optimiser groups (``cfg``: the training config, read from its
+        ``optim`` section): ``FROZEN`` parameters get requires_grad False;
+        ``LOWER_LR`` ones use ``optim.lower_lr`` (4e-6), the rest (group module,
+        last vision blocks, ln_post, proj, MAE parts) ``optim.lr`` (4e-3); weight
+        decay ``optim.weight_decay`` on everything but biases (as published)."""
+        optim = cfg["optim"]
         last = tuple(f"clip.visual.transformer.resblocks.{i}." for i in range(self.split, self.vit.num_layers))
         groups: dict[tuple, list] = {}
         for name, p in self.named_parameters():
@@ -216,8 +228,9 @@ class SegCLIP(SegModel):
             lower = name.startswith(LOWER_LR) and not name.startswith(last)
             decay = "bias" not in name
             groups.setdefault((lower, decay), []).append(p)
-        return [{"params": ps, "lr": cfg["lower_lr"] if lower else cfg["lr"],
-                 "weight_decay": cfg.get("weight_decay", 0.05) if decay else 0.0,
+        lower_lr = optim.get("lower_lr", optim["lr"])
+        return [{"params": ps, "lr": lower_lr if lower else optim["lr"],
+                 "weight_decay": optim.get("weight_decay", 0.05) if decay else 0.0,
                  "name": f"{'lower' if lower else 'new'}{'' if decay else '_no_decay'}"}
                 for (lower, decay), ps in sorted(groups.items())]
 
