@@ -107,8 +107,7 @@ def recipe(preset: str, family: str, work: Path, iterations: int, train_images: 
            "data": {"train": {"dataset": name, "split": "train"}, "root": str(data), "workers": 1,
                     "vocabulary": vocab.to_string(),
                     "transform": ({"image_size": SIZE, "min_scale": 0.8, "max_scale": 1.25} if family == "fcclip"
-                                  else {"crop_size": SIZE, "short_sizes": [SIZE, 80, 96], "max_size": 256}),
-                    "crop_size": SIZE, "short_sizes": [SIZE, 80, 96], "max_size": 256},   # SAN on main reads data.*
+                                  else {"crop_size": SIZE, "short_sizes": [SIZE, 80, 96], "max_size": 256})},
            "optim": {"lr": 3e-3, "weight_decay": 1e-4, "clip_grad_norm": 1.0},
            **common}
     return validate(cfg), get_dataset(name, "val", data)

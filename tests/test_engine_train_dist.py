@@ -39,8 +39,7 @@ def test_two_process_training_stopped_and_resumed_equals_uninterrupted(tmp_path)
     config.write_text(yaml.safe_dump({
         "model": {"preset": "san-tiny"},
         "data": {"train": {"dataset": "coco-stuff", "split": "train"}, "root": str(tmp_path / "data"),
-                 "workers": 1, "transform": {"crop_size": 64, "short_sizes": [64, 80], "max_size": 256},
-                 "crop_size": 64, "short_sizes": [64, 80], "max_size": 256},   # SAN on main still reads data.*
+                 "workers": 1, "transform": {"crop_size": 64, "short_sizes": [64, 80], "max_size": 256}},
         "optim": {"lr": 1e-3, "weight_decay": 1e-4, "clip_grad_norm": 0.01},
         "schedule": {"name": "poly", "iterations": 6},          # 4 iterations per epoch at batch 4
         "train": {"batch_size": 4, "log_every": 1, "checkpoint_every": 100}}))
