@@ -1,6 +1,9 @@
 import os
-import pytest
-import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"   # before huggingface_hub is imported: it reads this once
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -302,6 +302,7 @@ def test_page_segments_highlights_and_survives_bad_requests(server, tmp_path):
                                                    viewport={"width": 1280, "height": 900})
         page = ctx.new_page()
         page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)      # the first request loads the model: slow on a busy machine
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
             (server["url"], "data:", "blob:")) else None)
         page.goto(server["url"])

@@ -95,7 +95,9 @@ def fetch_weights(spec: ModelSpec) -> Path:
     try:
         if src.repo_id:
             from huggingface_hub import hf_hub_download
-            path = Path(hf_hub_download(src.repo_id, src.filename, cache_dir=str(weights_dir() / "hf")))
+            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+            path = Path(hf_hub_download(src.repo_id, src.filename, cache_dir=str(weights_dir() / "hf"),
+                                        local_files_only=offline))
             os.link(path, target) if not target.exists() else None
         else:
             tmp = target.with_suffix(target.suffix + ".part")
