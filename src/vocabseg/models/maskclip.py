@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones.clip import create_clip
+from ..backbones.clip import create_clip, tensor_fingerprint
 from ..backbones.vit import ClipViT, block_with_attention
 from ..hub import ModelSpec
 from ..vocab import Vocabulary, reduce_synonyms
@@ -106,7 +106,8 @@ class TrainingFreeCLIP(SegModel):
         if method not in LAST_BLOCK:
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(LAST_BLOCK)}")
         _check_vit(clip)
-        self.clip, self.tokenizer, self.identity = clip, tokenizer, identity
+        self.clip, self.tokenizer, self.clip_identity = clip, tokenizer, identity
+        self._identity: str | None = None
         self.__dict__["vit"] = ClipViT(clip.visual, pos_offset=0.1)   # a view; DINO-style position resizing
         self.method, self.gaussian_std = method, float(gaussian_std)
         self.residual, self.padding = LAST_BLOCK[method]
@@ -129,7 +130,19 @@ class TrainingFreeCLIP(SegModel):
         self._apply(self.base_settings if name is None else settings_for(self.method, name, self.base_settings))
 
     def text_tower(self):
-        return self.clip, self.tokenizer, self.identity
+        """(open_clip model, tokenizer, identity). Named weights keep create_clip's
+        identity; random-init weights (which may be overwritten by loading a
+        checkpoint) are named by their current content."""
+        if self._identity is None:
+            ident = self.clip_identity
+            if ":random:" in ident:
+                ident = f"{ident.split(':')[0]}:weights:{tensor_fingerprint(self.clip)}"
+            self._identity = ident
+        return self.clip, self.tokenizer, self._identity
+
+    def reset_text_cache(self) -> None:
+        super().reset_text_cache()
+        self._identity = None
 
     # --- image -----------------------------------------------------------------
     def dense_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
