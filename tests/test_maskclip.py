@@ -277,6 +277,10 @@ def test_presets_config_and_any_vit():
     assert model.config == {"preset": "naclip-vit-b16", "clip_arch": "tiny-vit", "clip_weights": None,
                             "gaussian_std": 3.0, "dataset": "pc60"}
     assert model.prob_thd == 0.1 and model.protocol.short_side == 336
+    model.set_dataset("voc20")
+    assert model.config["dataset"] == "voc20" and model.protocol.mode == "whole"
+    model.set_dataset(None)
+    assert "dataset" not in model.config and model.protocol.mode == "slide"
     with pytest.raises(ValueError, match="unknown settings"):
         build("sclip", clip_arch="tiny-vit", clip_weights=None, windw=3)
     with pytest.raises(ValueError, match="open_clip ViT"):

@@ -99,6 +99,9 @@ class TrainingFreeCLIP(SegModel):
 
     template_set = "imagenet"       # OpenAI's 80 ImageNet templates, each normalised, averaged, renormalised
     text_average = "normalized"
+    # As published, the softmax runs over all synonyms before the max per class, so a
+    # synonym repeated with the same embedding lowers the probabilities (not the argmax).
+    synonym_softmax = True
 
     def __init__(self, clip: nn.Module, tokenizer, identity: str, method: str, gaussian_std: float = 5.0,
                  settings: dict | None = None):
@@ -113,10 +116,10 @@ class TrainingFreeCLIP(SegModel):
         self.residual, self.padding = LAST_BLOCK[method]
         self.base_settings = {**METHODS[method], **(settings or {})}
         self.dataset: str | None = None
-        self._apply(self.base_settings)
+        self._use_settings(self.base_settings)
 
     # --- settings --------------------------------------------------------------
-    def _apply(self, s: dict) -> None:
+    def _use_settings(self, s: dict) -> None:
         self.protocol = Protocol(short_side=s["short_side"], max_side=s["max_side"], mode=s["mode"],
                                  window=s["window"], stride=s["stride"], size_divisibility=1)
         self.logit_scale, self.prob_thd, self.area_thd = float(s["logit_scale"]), float(s["prob_thd"]), s["area_thd"]
@@ -126,8 +129,12 @@ class TrainingFreeCLIP(SegModel):
     def set_dataset(self, name: str | None) -> None:
         """Use the published settings of benchmark ``name`` (resize, window,
         logit scale, background threshold: ``maskclip_settings``); None restores the defaults."""
+        self._use_settings(self.base_settings if name is None else settings_for(self.method, name, self.base_settings))
         self.dataset = name
-        self._apply(self.base_settings if name is None else settings_for(self.method, name, self.base_settings))
+        if self.config:   # a saved checkpoint rebuilds with the same settings
+            self.config = {k: v for k, v in self.config.items() if k != "dataset"}
+            if name is not None:
+                self.config["dataset"] = name
 
     def text_tower(self):
         """(open_clip model, tokenizer, identity). Named weights keep create_clip's
