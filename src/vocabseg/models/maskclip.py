@@ -31,10 +31,11 @@ to the image, then ``finalize`` takes softmax(logit_scale · cos) over all
 synonyms, the max over each class's synonyms and, on vocabularies with a
 background class only, SCLIP's area filter and the probability threshold
 (pixels whose best class probability is below ``prob_thd`` become background).
-Windows are not padded by the engine: SCLIP / NACLIP / MaskCLIP drop the pixels
-past the last whole patch (the patch convolution floors) and stretch the map
-back over the window; ClearCLIP pads the window centred to a patch multiple and
-crops the map. Published per-benchmark settings are in ``maskclip_settings``
+Windows are not padded by the engine: SCLIP / NACLIP drop the pixels past the
+last whole patch (the patch convolution floors) and stretch the map back over
+the window; ClearCLIP (and MaskCLIP, whose runnable reference is ClearCLIP's
+code) pads the window centred to a patch multiple and crops the map. Only
+windows that are not patch multiples see the difference. Published per-benchmark settings are in ``maskclip_settings``
 (``model.set_dataset(name)``).
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ from .base import Protocol, SegModel
 from .maskclip_settings import METHODS, PUBLISHED, TINY, settings_for
 
 # method -> (residual and FFN kept, window padding); attention weights in ``attention_weights``.
-LAST_BLOCK = {"maskclip": (False, "floor"), "sclip": (True, "floor"),
+LAST_BLOCK = {"maskclip": (False, "center"), "sclip": (True, "floor"),
               "clearclip": (False, "center"), "naclip": (False, "floor")}
 
 
