@@ -58,7 +58,9 @@ def test_a_class_repeated_under_a_synonym_changes_nothing(tiny):
     text2 = torch.cat([text[:2], text[1:2], text[2:]])
     a = inference.scores(tiny.model, tiny._features, text, one)
     b = inference.scores(tiny.model, tiny._features, text2, two)
-    assert torch.allclose(a, b, atol=1e-6) and torch.equal(a.argmax(0), b.argmax(0))
+    assert torch.equal(a.argmax(0), b.argmax(0))
+    if not getattr(tiny.model, "synonym_softmax", False):   # training-free family: softmax over synonyms, as published
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_new_vocabulary_on_the_same_image_reuses_the_features(tiny, monkeypatch):

@@ -7,7 +7,9 @@ grid, tokens after any block, a block run with an additive attention mask, the
 per-head q / k / v of a block, the ``ln_post`` + ``proj`` head, and SAN's
 attention-bias injection (``sos_attn_mask`` / ``ClipViT.forward_sos``): extra
 [SOS] tokens that copy the class token and attend to the patches only through a
-given bias, while CLS and patches run as in plain CLIP.
+given bias, while CLS and patches run as in plain CLIP; and a block whose
+attention weights a model replaces (``block_with_attention``: the training-free
+methods' last block), with DINO-style position resizing (``pos_offset``).
 
 Token layout is batch-first: [B, 1 + h*w, C], class token first.
 """
@@ -19,9 +21,15 @@ import torch.nn.functional as F
 
 
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1,
-                     mode: str = "bicubic") -> torch.Tensor:
+                     mode: str = "bicubic", offset: float | None = None) -> torch.Tensor:
     """[P + H0*W0, C] -> [P + h*w, C]: the grid part resized (align_corners=False),
-    the ``num_prefix`` leading rows (class token) kept."""
+    the ``num_prefix`` leading rows (class token) kept.
+
+    ``offset`` None resizes to ``grid`` exactly (sampling scale h / H0). A number
+    gives DINO's variant, which the training-free CLIP repositories (SCLIP,
+    ClearCLIP, NACLIP) use: ``scale_factor=(h + offset) / H0`` with that scale
+    also used to place the samples (``recompute_scale_factor=False``), so the
+    output has h rows but samples slightly different positions."""
     prefix, body = pos[:num_prefix], pos[num_prefix:]
     n = body.shape[0]
     side = int(round(n ** 0.5))
@@ -29,8 +37,15 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], num_prefix: int =
         raise ValueError(f"positional embedding has {n} grid rows, not a square")
     if (side, side) == tuple(grid):
         return pos
-    body = body.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    body = F.interpolate(body.float(), size=tuple(grid), mode=mode, align_corners=False).to(pos.dtype)
+    body = body.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    if offset is None:
+        body = F.interpolate(body, size=tuple(grid), mode=mode, align_corners=False)
+    else:
+        scale = ((grid[0] + offset) / side, (grid[1] + offset) / side)
+        body = F.interpolate(body, scale_factor=scale, mode=mode, align_corners=False, recompute_scale_factor=False)
+        if tuple(body.shape[-2:]) != tuple(grid):
+            raise ValueError(f"offset {offset} resizes the {side}x{side} grid to {tuple(body.shape[-2:])}, not {grid}")
+    body = body.to(pos.dtype)
     body = body.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
     return torch.cat([prefix, body], dim=0)
 
@@ -87,12 +102,35 @@ def sos_attn_mask(bias: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-class ClipViT(nn.Module):
-    """Dense-feature view of an open_clip ``VisionTransformer``."""
+def block_with_attention(block: nn.Module, x: torch.Tensor, attention, residual: bool = True,
+                         ffn: bool = True) -> torch.Tensor:
+    """One open_clip block on [B, N, C] whose attention weights are replaced.
 
-    def __init__(self, visual: nn.Module):
+    ``attention(q, k, v)`` gets the per-head q, k, v [B, heads, N, d] (``ln_1``
+    applied, q not scaled) and returns weights [B, heads, N, N], or None for the
+    identity (each token keeps its own value). The weighted values pass
+    ``out_proj``; then, if ``residual``, the input is added (LayerScale kept) and,
+    if also ``ffn``, the MLP branch. Without ``residual`` the block returns the
+    attention output alone (no FFN)."""
+    q, k, v = block_qkv(block, x)
+    weights = attention(q, k, v)
+    out = merge_heads(block, v if weights is None else weights @ v)
+    if not residual:
+        return out
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x))) if ffn else x
+
+
+class ClipViT(nn.Module):
+    """Dense-feature view of an open_clip ``VisionTransformer``.
+
+    ``pos_offset`` selects how ``embed`` resizes the positional embedding to a
+    new grid (see ``resize_pos_embed``; None = exact size)."""
+
+    def __init__(self, visual: nn.Module, pos_offset: float | None = None):
         super().__init__()
         self.visual = visual
+        self.pos_offset = pos_offset
         self.patch_size = visual.conv1.kernel_size[0]
         self.width = visual.conv1.out_channels
         self.heads = visual.transformer.resblocks[0].attn.num_heads
@@ -117,7 +155,7 @@ class ClipViT(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_pos_embed(v.positional_embedding, grid).to(x.dtype)
+        x = x + resize_pos_embed(v.positional_embedding, grid, offset=self.pos_offset).to(x.dtype)
         return v.ln_pre(x), grid
 
     def forward_blocks(self, x: torch.Tensor, start: int = 0, end: int | None = None,
