@@ -254,8 +254,10 @@ def test_published_settings_per_dataset(models):
     assert (clear.logit_scale, clear.prob_thd, clear.protocol.window) == (50.0, 0.15, 448)
     mask.set_dataset("cityscapes")
     assert (mask.protocol.short_side, mask.protocol.window, mask.logit_scale) == (560, 224, 40.0)
-    with pytest.raises(ValueError, match="known: voc21"):
-        sclip.set_dataset("pc459")
+    sclip.set_dataset("pc459")               # evaluated by no paper: the defaults
+    assert (sclip.protocol.short_side, sclip.logit_scale, sclip.prob_thd) == (336, 40.0, 0.0)
+    with pytest.raises(ValueError, match="unknown benchmark 'pc4590'.*voc21"):
+        sclip.set_dataset("pc4590")
     sclip.set_dataset(None)
     assert sclip.protocol.short_side == 336 and sclip.logit_scale == 40.0 and sclip.prob_thd == 0.0
     tiny = models["sclip"]                  # a preset's own defaults stay under a dataset's published changes
