@@ -10,9 +10,11 @@ the out-of-vocabulary logits (mask-pooled frozen CLIP features), both
     probs = [softmax(g) * (1 - void), void]
     -> log(probs + 1e-8)   (the "class logits" the post-processings softmax again)
 
-The published code computes ``log(..) * seen + log(..) * (1 - seen)``, which is
-NaN when a probability underflows to 0; we select instead (same numbers
-otherwise).
+The published code computes ``log(p_in ** (1 - a) * p_out ** a)`` for both
+exponents and mixes them with ``* seen + * (1 - seen)``, which is NaN as soon as
+a probability underflows to 0 (logit gaps > ~100 at CLIP's scale); we compute
+``(1 - a) * log_softmax(in) + a * log_softmax(out)`` with ``a`` chosen per
+class: the same numbers (to float rounding) wherever the published ones are finite.
 
 Post-processings take one image's logits [Q, C + 1] and mask logits [Q, H, W]
 already at the output size (``resize_masks`` does detectron2's
@@ -37,12 +39,10 @@ def ensemble_logits(in_logits: torch.Tensor, out_logits: torch.Tensor, seen: tor
                          f"vs {tuple(out_logits.shape)}")
     if seen.numel() != in_logits.shape[-1] - 1:
         raise ValueError(f"seen mask has {seen.numel()} classes, logits {in_logits.shape[-1] - 1} (+ void)")
-    p_in = in_logits[..., :-1].softmax(-1)
-    p_out = out_logits[..., :-1].softmax(-1)
-    seen = seen.to(device=p_in.device, dtype=torch.bool)
-    g_seen = (p_in ** (1 - alpha) * p_out ** alpha).log()
-    g_unseen = (p_in ** (1 - beta) * p_out ** beta).log()
-    g = torch.where(seen, g_seen, g_unseen)
+    log_in = in_logits[..., :-1].log_softmax(-1)
+    log_out = out_logits[..., :-1].log_softmax(-1)
+    a = torch.where(seen.to(device=log_in.device, dtype=torch.bool), alpha, beta).to(log_in.dtype)
+    g = (1 - a) * log_in + a * log_out
     void = in_logits.softmax(-1)[..., -1:]
     probs = torch.cat([g.softmax(-1) * (1.0 - void), void], dim=-1)
     return torch.log(probs + 1e-8)
