@@ -7,26 +7,21 @@ FileNotFoundError): it is printed as one line and the exit code is 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from .optional import optional_import
+from .errors import UserError  # noqa: F401  (commands raise it as vocabseg.cli.UserError)
+
 COMMANDS = ["segment", "models", "eval", "prepare", "train", "demo", "bench"]
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vocabseg", description="Open-vocabulary semantic segmentation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"vocabseg.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"vocabseg.commands.{name}":
-                continue  # command not built yet
-            raise
+        mod = optional_import(f"vocabseg.commands.{name}")
+        if mod is None:
+            continue  # command not built yet
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
     return parser

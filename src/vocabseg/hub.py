@@ -9,7 +9,6 @@ Nothing here touches the network at import time.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import urllib.request
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .backbones.clip import WeightsNotFound
+from .optional import optional_import
 from .text import vocabseg_home
 
 FAMILIES = ["maskclip", "san", "fcclip", "segclip"]
@@ -47,12 +47,9 @@ class ModelSpec:
 def all_specs(include_test: bool = False) -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {}
     for fam in FAMILIES:
-        try:
-            mod = importlib.import_module(f"vocabseg.models.{fam}")
-        except ModuleNotFoundError as e:
-            if e.name == f"vocabseg.models.{fam}":
-                continue  # family not built yet
-            raise
+        mod = optional_import(f"vocabseg.models.{fam}")
+        if mod is None:
+            continue  # family not built yet
         for name, spec in getattr(mod, "PRESETS", {}).items():
             if include_test or not spec.test_only:
                 specs[name] = spec

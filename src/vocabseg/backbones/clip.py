@@ -8,7 +8,9 @@ local file, or None for random init. Tiny architectures (``tiny-vit``,
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +27,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class WeightsNotFound(FileNotFoundError):
     """A weight file is missing and cannot be fetched; the message says how to supply it."""
+
+
+@contextlib.contextmanager
+def quiet_random_init():
+    """Silence open_clip's "No pretrained weights loaded" warning: random init is
+    what vocabseg asks for when it loads a whole checkpoint afterwards."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def register_configs() -> None:
@@ -68,8 +83,9 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
     if forced is not None:
         quick_gelu = bool(forced)
     try:
-        model = open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu,
-                                       cache_dir=str(clip_cache_dir()))
+        with quiet_random_init():
+            model = open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu,
+                                           cache_dir=str(clip_cache_dir()))
     except (RuntimeError, OSError) as e:  # huggingface_hub / urllib failures are OSError or RuntimeError
         if weights and not os.path.isfile(weights):
             raise WeightsNotFound(
@@ -96,3 +112,21 @@ def weights_need_quick_gelu(arch: str, path: str) -> bool:
 def clip_cache_dir() -> Path:
     from ..text import vocabseg_home
     return vocabseg_home() / "clip"
+
+
+def clip_cached(arch: str, tag: str | None) -> bool:
+    """True when open_clip weights ``arch``/``tag`` are already on disk (no network)."""
+    if tag is None or os.path.isfile(tag):
+        return True
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        repo, fname = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        names = [fname] if fname else []
+        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if fname.endswith(".bin"):
+            names.insert(0, fname[:-4] + ".safetensors")
+        return any(isinstance(try_to_load_from_cache(repo, n, cache_dir=str(clip_cache_dir())), str) for n in names)
+    url = cfg.get("url", "")
+    return bool(url) and (clip_cache_dir() / os.path.basename(url)).is_file()

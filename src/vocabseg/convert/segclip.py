@@ -144,10 +144,13 @@ def load_file(path: str) -> dict:
 
 
 def load_published(model, path: str, clip_state_dict: dict | None = None,
-                   clip: tuple[str, str] = ("ViT-B-16", "openai")) -> dict:
+                   clip: tuple[str, str] = ("ViT-B-16", "openai"), clip_weights: str | None = None) -> dict:
     """Load ``segclip.bin`` (or our layout) from ``path``. When the file lacks CLIP
     keys and no ``clip_state_dict`` is given, the OpenAI CLIP weights ``clip``
-    (open_clip arch, tag) are fetched through open_clip to fill them."""
+    (open_clip arch, tag) are fetched through open_clip to fill them; ``clip_weights``
+    (a tag or a local file) replaces the tag."""
+    if clip_weights is not None:
+        clip = (clip[0], clip_weights)
     sd = load_file(path)
     ours = to_ours(sd) if detect(sd) else sd
     lacks_clip = any(k.startswith("clip.") and k not in ours for k in model.state_dict())

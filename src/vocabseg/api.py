@@ -1,0 +1,165 @@
+"""The Python entry point.
+
+    import vocabseg
+    seg = vocabseg.load("san-vit-b16")                  # or a checkpoint folder, or weights=PATH
+    result = seg("photo.jpg", "road; car, truck; person; tree")
+    result.save("outputs", "photo")                     # labels PNG, overlay PNG, JSON summary
+    result = seg.predict("cat; sofa")                   # same image, new vocabulary: milliseconds
+
+A ``Segmenter`` keeps the last image's vocabulary-independent features (like
+segment-anything's predictor), so re-asking with another vocabulary reruns only
+the final classification.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import is_checkpoint, load_checkpoint
+from .engine import inference
+from .errors import UnknownModel, UserError
+from .images import load_image
+from .optional import optional_import
+from .results import InstanceResult, PanopticResult, SemanticResult, confidence_of
+from .text import TEMPLATE_SETS
+from .vocab import Vocabulary
+
+DEFAULT_MODEL = "san-vit-b16"
+TASKS = ("semantic", "panoptic", "instance")
+
+
+def _converter(family: str):
+    return optional_import(f"vocabseg.convert.{family}")
+
+
+def _spec(name: str):
+    from .hub import get_spec
+    try:
+        return get_spec(name)
+    except KeyError as e:
+        raise UnknownModel(str(e.args[0])) from None
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+               clip_weights: str | None = None, device: str | torch.device = "cpu"):
+    """A ``SegModel`` ready for inference (eval mode, on ``device``).
+
+    ``name_or_path``: a zoo name (``vocabseg models`` lists them; default
+    ``san-vit-b16``) or a vocabseg checkpoint folder. ``weights``: a published
+    checkpoint file as distributed (layout detected) or a vocabseg checkpoint;
+    without it a zoo model downloads its published weights on first use.
+    ``clip_weights``: an open_clip tag or a local CLIP file for models built
+    from CLIP (the training-free family) or that take part of CLIP from it.
+    """
+    target = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    if weights is None and is_checkpoint(target):
+        return load_checkpoint(target, device)
+    if os.path.exists(target) and not is_checkpoint(target):
+        raise UserError(f"{target} is not a vocabseg checkpoint folder (model.safetensors + config.json); "
+                        f"for a published file use --model NAME --weights {target}")
+    spec = _spec(target)
+    if weights is not None:
+        weights = str(weights)
+        if is_checkpoint(weights):
+            return load_checkpoint(weights, device)
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"weights file not found: {weights}")
+    elif spec.weights is None:   # built from CLIP alone (training-free) or a test preset
+        tag = clip_weights if clip_weights is not None else (spec.clip[1] if spec.clip else None)
+        return spec.build(clip_weights=tag).to(device).eval()
+    else:
+        from .hub import fetch_weights
+        weights = str(fetch_weights(spec))
+    conv = _converter(spec.family)
+    if conv is None:  # a family without a published layout: weights are CLIP weights
+        return spec.build(clip_weights=weights).to(device).eval()
+    model = spec.build(clip_weights=None)
+    kwargs = {"clip_weights": clip_weights} if clip_weights is not None else {}
+    try:
+        conv.load_published(model, weights, **kwargs)
+    except (KeyError, ValueError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        raise UserError(f"{weights} cannot be loaded as {spec.name}: {msg}") from None
+    return model.to(device).eval()
+
+
+def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+         clip_weights: str | None = None, device: str | torch.device = "cpu",
+         templates: str | None = None) -> "Segmenter":
+    """``Segmenter`` around ``load_model(...)``."""
+    model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
+    name = model.config.get("preset", str(name_or_path)) if getattr(model, "config", None) else str(name_or_path)
+    return Segmenter(model, templates=templates, name=name)
+
+
+class Segmenter:
+    """Image(s) + vocabulary -> results, with the last image's features cached.
+
+    ``templates``: prompt template set (``single``, ``vild``, ``imagenet``) or a
+    list of strings with ``{}``; default: the model's published set.
+    """
+
+    def __init__(self, model, templates: str | None = None, name: str = ""):
+        self.model = model.eval()
+        self.name = name or getattr(model, "config", {}).get("preset", type(model).__name__)
+        self.templates = templates
+        self._image: torch.Tensor | None = None
+        self._key: str | None = None
+        self._features = None
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(getattr(self.model, "tasks", ("semantic",)))
+
+    def set_image(self, image) -> torch.Tensor:
+        """Read ``image`` (path, PIL, array, tensor) and compute its features once.
+        Returns the uint8 [3, H, W] image."""
+        img = load_image(image)
+        key = hashlib.sha1(img.numpy().tobytes()).hexdigest() + str(tuple(img.shape))
+        if key != self._key:
+            self._features = inference.encode(self.model, img.to(self.device).float() / 255.0)
+            self._image, self._key = img, key
+        return self._image
+
+    def text(self, vocabulary: Vocabulary, templates=None) -> torch.Tensor:
+        """[S, D] unit synonym embeddings of ``vocabulary`` (cached on disk)."""
+        t = templates if templates is not None else self.templates
+        if isinstance(t, str) and t not in TEMPLATE_SETS:
+            raise UserError(f"unknown template set {t!r}; use one of {', '.join(TEMPLATE_SETS)}")
+        return self.model.text_encoder(t).__call__(vocabulary).to(self.device)
+
+    @torch.no_grad()
+    def predict(self, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic"):
+        """Segment the image of the last ``set_image`` with ``vocabulary`` (a string
+        ``"a; b, c"``, a list of names, a file, a benchmark name or a Vocabulary)."""
+        if self._features is None:
+            raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
+        vocab = Vocabulary.resolve(vocabulary)
+        if task not in TASKS:
+            raise UserError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        if task not in self.tasks:
+            raise UserError(f"model {self.name} does not do {task} segmentation (it does: {', '.join(self.tasks)})")
+        text = self.text(vocab, templates)
+        if task == "panoptic":
+            out = inference.panoptic(self.model, self._features, text, vocab)
+            return PanopticResult(out["pan_seg"].cpu(), out["segments"], vocab, self._image, self.name)
+        if task == "instance":
+            out = inference.instances(self.model, self._features, text, vocab)
+            return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
+                                  self._image, self.name)
+        scores = inference.scores(self.model, self._features, text, vocab).float().cpu()
+        return SemanticResult(scores.argmax(0), confidence_of(scores), vocab, self._image,
+                              scores if return_scores else None, self.name)
+
+    def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic"):
+        self.set_image(image)
+        return self.predict(vocabulary, templates=templates, return_scores=return_scores, task=task)

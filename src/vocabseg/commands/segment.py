@@ -1,0 +1,109 @@
+"""`vocabseg segment IMAGE|DIR ... --labels "a; b, c"`: segment images and write, per
+image, a label PNG (ids index the vocabulary), an overlay PNG with a legend and a
+JSON summary into --out. A bad image is reported in one line and the others are
+still processed (exit status 1 then). Under torchrun the images are shared out
+between the processes."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_VOCAB = "ade150"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("segment", help="segment images with any vocabulary", description=__doc__)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
+    voc = p.add_mutually_exclusive_group()
+    voc.add_argument("--labels", metavar="STR", help="vocabulary: ';' between classes, ',' between synonyms")
+    voc.add_argument("--labels-file", metavar="FILE", help="vocabulary file: one class per line, synonyms comma-separated")
+    voc.add_argument("--dataset-vocab", metavar="NAME", help="a benchmark's class names, e.g. ade150 or coco-panoptic:fcclip")
+    p.add_argument("--model", default=None, help="zoo name (see `vocabseg models`) or a vocabseg checkpoint folder "
+                                                 "(default: san-vit-b16)")
+    p.add_argument("--weights", metavar="PATH", help="a published checkpoint file as distributed, or a vocabseg checkpoint")
+    p.add_argument("--clip-weights", metavar="PATH|TAG", help="CLIP weights for models built from CLIP")
+    p.add_argument("--templates", default=None, help="prompt templates: single, vild or imagenet (default: the model's)")
+    p.add_argument("--task", default="semantic", choices=["semantic", "panoptic", "instance"])
+    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--save-scores", action="store_true", help="also save the [C, H, W] score map as .npy")
+    p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
+    return p
+
+
+def resolve_vocabulary(args):
+    from ..vocab import Vocabulary
+    if args.labels is not None:
+        return Vocabulary.parse(args.labels)
+    if args.labels_file is not None:
+        return Vocabulary.from_file(args.labels_file)
+    if args.dataset_vocab is not None:
+        return Vocabulary.from_dataset(args.dataset_vocab)
+    print(f"vocabseg segment: no --labels given; using the {DEFAULT_VOCAB} class names", file=sys.stderr)
+    return Vocabulary.from_dataset(DEFAULT_VOCAB)
+
+
+def check_device(device: str) -> None:
+    import torch
+    from ..errors import UserError
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise UserError(f"unknown device {device!r}; use cpu or cuda[:N]")
+
+
+def unique_stems(paths: list[Path]) -> list[str]:
+    """Output name per input: its stem, made unique with the parent folder or a counter."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = p.stem
+        if stem in seen:
+            stem = f"{p.parent.name}_{p.stem}" if p.parent.name else stem
+            while stem in seen:
+                stem = f"{p.stem}_{seen[p.stem] + 1}"
+                seen[p.stem] += 1
+        seen.setdefault(stem, 1)
+        out.append(stem)
+    return out
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+    from ..api import Segmenter, load_model
+    from ..errors import ImageError, UserError
+    from ..images import list_images
+    vocab = resolve_vocabulary(args)
+    check_device(args.device)
+    paths = list_images(args.inputs)
+    if not paths:
+        raise UserError("no images found in " + ", ".join(args.inputs))
+    stems = unique_stems(paths)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = list(zip(paths, stems))[rank::world]
+    model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
+    seg = Segmenter(model, templates=args.templates)
+    if args.task not in seg.tasks:
+        raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
+    if args.show_groups and not hasattr(model, "group_map"):
+        raise UserError(f"--show-groups needs a model with region groups (SegCLIP), not {seg.name}")
+    out = Path(args.out)
+    failed = 0
+    bar = tqdm(mine, desc="segmenting", unit="image", disable=rank != 0 or len(mine) < 2)
+    for path, stem in bar:
+        try:
+            result = seg(path, vocab, return_scores=args.save_scores, task=args.task)
+        except ImageError as e:
+            tqdm.write(f"vocabseg segment: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        result.save(out, stem)
+        if args.show_groups:
+            from ..models.segclip import groups_image
+            groups_image(model.group_map(seg._features), seg._image).save(out / f"{stem}_groups.png")
+    done = len(mine) - failed
+    print(f"vocabseg segment: {done} of {len(mine)} images written to {out}/" + (f" ({failed} failed)" if failed else ""),
+          file=sys.stderr)
+    return 1 if failed else 0

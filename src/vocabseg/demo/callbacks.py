@@ -1,0 +1,265 @@
+"""The demo's work, free of any web framework (``app.py`` wires it to Gradio).
+
+``segment`` reads an upload within the demo's limits (larger images are
+downscaled, never rejected), segments it with the one cached model and returns
+an ``Outcome``: a status line, the overlay, the label map, the panoptic view
+when the model does panoptic segmentation, the legend and the files to
+download, all written under the app's temporary folder. A user's mistake (no
+image, a corrupt file, an empty vocabulary) comes back as a message, never as
+an exception, so the app keeps serving.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .. import render
+from ..backbones.clip import WeightsNotFound
+from ..errors import ImageError, UserError
+from ..images import pil_to_rgb
+from ..results import PanopticResult, SemanticResult
+from ..text import TEMPLATE_SETS
+from ..vocab import Vocabulary, VocabularyError
+
+USER_ERRORS = (UserError, VocabularyError, WeightsNotFound, FileNotFoundError)
+DEFAULT_TEMPLATES = "model default"
+TEMPLATE_CHOICES = (DEFAULT_TEMPLATES,) + TEMPLATE_SETS
+LEGEND_ALL_CLASSES = 30      # longer vocabularies list only the classes present
+KEEP_RESULTS = 32            # result folders kept on disk (older ones are removed)
+TEXT_MEMORY = 64             # vocabularies kept encoded in memory per template set
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a public demo."""
+    max_pixels: int = 1024 * 1024     # larger images are downscaled to this many pixels
+    max_upload_mb: float = 10.0       # larger files are refused
+    max_classes: int = 1000           # ADE-847 fits
+
+
+class ModelCache:
+    """At most one ``Segmenter`` per process: loaded on first use and kept; asking
+    for another model releases the current one before loading the new one.
+    ``factory(name) -> Segmenter``."""
+
+    def __init__(self, factory: Callable):
+        self.factory = factory
+        self.name: str | None = None
+        self.segmenter = None
+        self._lock = threading.Lock()
+
+    def get(self, name: str):
+        with self._lock:
+            if name != self.name or self.segmenter is None:
+                self.segmenter, self.name = None, None
+                gc.collect()
+                self.segmenter = self.factory(name)
+                self.name = name
+            return self.segmenter
+
+
+@dataclass
+class View:
+    """What the legend re-renders without running the model again."""
+    semantic: SemanticResult
+    panoptic: PanopticResult | None = None
+
+
+@dataclass
+class Outcome:
+    message: str
+    error: bool = False
+    overlay: Image.Image | None = None
+    labels: Image.Image | None = None
+    panoptic: Image.Image | None = None
+    legend: list = field(default_factory=list)        # [(text, class name)] for a highlighted-text legend
+    colors: dict = field(default_factory=dict)        # class name -> "#rrggbb"
+    files: list = field(default_factory=list)         # paths to download
+    view: View | None = None
+
+
+# --- images ----------------------------------------------------------------
+def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest (w, h) with w * h <= ``max_pixels`` and the aspect ratio of
+    (width, height) up to rounding; the size itself when it already fits."""
+    if width * height <= max_pixels:
+        return width, height
+    s = math.sqrt(max_pixels / (width * height))
+    w, h = max(1, math.floor(width * s)), max(1, math.floor(height * s))
+    while w * h > max_pixels:     # only when one side was clamped to 1
+        w, h = (w - 1, h) if w >= h else (w, h - 1)
+    return w, h
+
+
+def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
+    w, h = fit_pixels(image.width, image.height, max_pixels)
+    if (w, h) == image.size:
+        return image
+    return image.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _upload_path(value) -> tuple[str | None, str]:
+    """(path, original file name) of what an image input gives: a path or
+    Gradio's file payload ``{"path": ..., "orig_name": ...}``."""
+    if isinstance(value, dict):
+        path = value.get("path")
+        return path, value.get("orig_name") or (os.path.basename(path) if path else "image")
+    if isinstance(value, (str, os.PathLike)):
+        return str(value), os.path.basename(str(value))
+    return None, "image"
+
+
+def read_upload(value, limits: Limits) -> tuple[Image.Image, tuple[int, int], str]:
+    """An uploaded image -> (RGB image of at most ``limits.max_pixels`` pixels,
+    original (width, height), file name). Raises ``ImageError`` saying what is wrong."""
+    if value is None:
+        raise ImageError("no image: upload one or pick an example")
+    if isinstance(value, (Image.Image, np.ndarray)):
+        im = pil_to_rgb(value if isinstance(value, Image.Image) else Image.fromarray(np.asarray(value)))
+        return downscale(im, limits.max_pixels), im.size, "image"
+    path, name = _upload_path(value)
+    if path is None or not os.path.isfile(path):
+        raise ImageError("no image: upload one or pick an example")
+    size = os.path.getsize(path)
+    if size > limits.max_upload_mb * 1e6:
+        raise ImageError(f"{name} is {size / 1e6:.1f} MB; this demo accepts files up to {limits.max_upload_mb:g} MB")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            original = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)   # EXIF turns it
+            im.draft("RGB", fit_pixels(*im.size, limits.max_pixels))   # JPEG: decode at a reduced scale
+            im.load()
+            rgb = pil_to_rgb(im)
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name} has too many pixels to decode safely") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"cannot read {name}: not an image file or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        reason = str(e).split("\n")[0] or type(e).__name__
+        raise ImageError(f"cannot read {name}: {reason}") from None
+    return downscale(rgb, limits.max_pixels), original, name
+
+
+# --- vocabularies --------------------------------------------------------------
+def benchmark_vocabularies() -> list[str]:
+    """The benchmark class lists shipped with vocabseg: ``ade150``, ``ade150:fcclip``, ..."""
+    root = resources.files("vocabseg") / "data" / "vocab"
+    names = sorted(f.name[:-4] for f in root.iterdir() if f.name.endswith(".txt"))
+    return [n.replace(".", ":", 1) for n in names]
+
+
+def benchmark_text(name: str) -> str:
+    """The vocabulary string of a benchmark's class list (for the text box)."""
+    return Vocabulary.from_dataset(name).to_string() if name else ""
+
+
+def parse_vocabulary(text: str | None, max_classes: int) -> Vocabulary:
+    """Only the typed text is read (never a file or a benchmark name: this is a public page)."""
+    if not text or not text.strip(" ;,\n\t"):
+        raise VocabularyError("the vocabulary is empty: type class names separated by ';' "
+                              "(synonyms of one class separated by ',')")
+    vocab = Vocabulary.parse(text)
+    if len(vocab) > max_classes:
+        raise VocabularyError(f"the vocabulary has {len(vocab)} classes; this demo accepts at most {max_classes}")
+    return vocab
+
+
+# --- results -----------------------------------------------------------------
+def hex_colors(vocab: Vocabulary) -> dict[str, str]:
+    return {n: "#%02x%02x%02x" % tuple(int(v) for v in c) for n, c in zip(vocab.names, render.palette(len(vocab)))}
+
+
+def legend_entries(result: SemanticResult) -> list[tuple[str, str]]:
+    """(text, class name) per class, largest share first; classes absent from the
+    image follow at 0 % unless the vocabulary is long."""
+    present = result.summary()["classes"]
+    entries = [(f"{c['name']} {100 * c['share']:.1f}%", c["name"]) for c in present]
+    if len(result.vocabulary) <= LEGEND_ALL_CLASSES:
+        seen = {c["id"] for c in present}
+        entries += [(f"{n} 0%", n) for i, n in enumerate(result.vocabulary.names) if i not in seen]
+    return entries
+
+
+def highlight(view: View | None, name: str | None) -> tuple[Image.Image | None, Image.Image | None]:
+    """Overlays (semantic, panoptic) with only class ``name`` shown; all classes when None."""
+    if view is None:
+        return None, None
+    names = view.semantic.vocabulary.names
+    cid = names.index(name) if name in names else None
+    pan = view.panoptic.overlay(highlight=cid) if view.panoptic is not None else None
+    return view.semantic.overlay(highlight=cid), pan
+
+
+def safe_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem).strip("_")[:40]
+    return stem or "image"
+
+
+def new_result_dir(root: Path, keep: int = KEEP_RESULTS) -> Path:
+    """A fresh folder under ``root`` for one request's files; the oldest beyond ``keep`` are removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    old = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for p in old[:max(0, len(old) - keep + 1)]:
+        shutil.rmtree(p, ignore_errors=True)
+    out = root / uuid.uuid4().hex[:12]
+    out.mkdir()
+    return out
+
+
+def _memory_only_text(segmenter, templates) -> None:
+    """Encode vocabularies in memory only (a public page must not fill the disk
+    cache) and keep that memory bounded."""
+    encoder = segmenter.model.text_encoder(templates if templates is not None else segmenter.templates)
+    encoder.cache = False
+    if len(encoder._memory) > TEXT_MEMORY:
+        encoder._memory.clear()
+
+
+def segment(cache: ModelCache, model: str, image, vocabulary: str | None, templates: str | None,
+            limits: Limits, out_root: str | os.PathLike) -> Outcome:
+    """One request: image + vocabulary -> Outcome (errors as a message)."""
+    try:
+        vocab = parse_vocabulary(vocabulary, limits.max_classes)
+        rgb, original, name = read_upload(image, limits)
+        tmpl = None if templates in (None, "", DEFAULT_TEMPLATES) else templates
+        if tmpl is not None and tmpl not in TEMPLATE_SETS:
+            raise UserError(f"unknown template set {tmpl!r}; use one of {', '.join(TEMPLATE_SETS)}")
+        seg = cache.get(model)
+        _memory_only_text(seg, tmpl)
+        start = time.perf_counter()
+        seg.set_image(np.asarray(rgb))
+        sem = seg.predict(vocab, templates=tmpl)
+        pan = seg.predict(vocab, templates=tmpl, task="panoptic") if "panoptic" in seg.tasks else None
+        seconds = time.perf_counter() - start
+    except USER_ERRORS as e:
+        return Outcome(message=str(e), error=True)
+    except Exception as e:   # a bug: log it and keep serving
+        traceback.print_exc(file=sys.stderr)
+        return Outcome(message=f"internal error ({type(e).__name__}); the server log has the details", error=True)
+    out = new_result_dir(Path(out_root))
+    stem = safe_stem(name)
+    files = list(sem.save(out, stem).values())
+    if pan is not None:
+        files += list(pan.save(out, f"{stem}_panoptic").values())
+    size = f"{rgb.width}×{rgb.height}"
+    if rgb.size != original:
+        size += f" (downscaled from {original[0]}×{original[1]})"
+    message = f"{seg.name}: {len(vocab)} classes on {size} in {seconds:.2f} s"
+    return Outcome(message=message, overlay=sem.overlay(), labels=sem.label_image(),
+                   panoptic=pan.overlay() if pan is not None else None, legend=legend_entries(sem),
+                   colors=hex_colors(vocab), files=[str(f) for f in files], view=View(sem, pan))
