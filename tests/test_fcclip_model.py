@@ -139,3 +139,31 @@ def test_tiny_fcclip_overfits_synthetic_panoptic_images(tmp_path):
                            and _iou(pan["pan_seg"] == s["id"], it["pan_seg"] == gt["id"]) > 0.5
                            for s in pan["segments"])
     assert matched >= total - 1, (matched, total)
+
+
+def test_recipe_config_holds_the_published_recipe_and_fits_the_model(tmp_path):
+    import inspect
+    from pathlib import Path
+
+    import yaml
+    from vocabseg.models.fcclip import FCCLIP
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "fcclip-convnext-l.yaml").read_text())
+    params = inspect.signature(FCCLIP.__init__).parameters
+    assert set(cfg["model"]) - {"preset", "weights"} <= set(params)
+    assert cfg["model"]["preset"] == "fcclip-convnext-l" and cfg["data"]["vocabulary"] == "coco-panoptic:fcclip"
+    assert cfg["data"]["train"] == {"dataset": "coco-panoptic", "split": "train"}
+    o, s = cfg["optim"], cfg["schedule"]
+    assert (o["name"], float(o["lr"]), o["weight_decay"], o["clip_grad_norm"], o["clip_grad_type"]) == \
+        ("adamw", 1e-4, 0.05, 0.01, "full_model")
+    assert (s["name"], s["iterations"], s["milestones"], s["gamma"]) == ("multistep", 368750, [327778, 355092], 0.1)
+    assert cfg["train"]["batch_size"] == 16
+    # the model's own pieces read the same config
+    model = PRESETS["fcclip-tiny"].build(**{k: v for k, v in cfg["model"].items()
+                                            if k in ("loss_weights", "no_object_weight", "oversample_ratio",
+                                                     "importance_sample_ratio")})
+    assert model.criterion.weights == {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    assert [g["weight_decay"] for g in model.param_groups(cfg)] == [0.05, 0.0, 0.0]
+    write_benchmark("coco-panoptic", tmp_path, split="train", num_images=1, size=(40, 52))
+    item = get_dataset("coco-panoptic", split="train", root=tmp_path)[0]
+    small = {**cfg, "data": {**cfg["data"], "transform": {**cfg["data"]["transform"], "image_size": 96}}}
+    assert model.train_transform(small)(item)["image"].shape == (3, 96, 96)

@@ -135,6 +135,13 @@ def test_thing_flags():
         thing_flags(v, [True, False])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         thing_flags(v, [5])
+    # a benchmark's own names: its panoptic thing / stuff split
+    coco = thing_flags(Vocabulary.from_dataset("coco-panoptic:fcclip"))
+    assert sum(coco) == 80 and coco[0] and not coco[-1]
+    city = Vocabulary.from_dataset("cityscapes")
+    flags = thing_flags(city)
+    assert [n for n, t in zip(city.names, flags) if t] == ["person", "rider", "car", "truck", "bus", "train",
+                                                          "motorcycle", "bicycle"]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ post-processing at the output size.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Sequence
 
@@ -35,7 +36,7 @@ from ..backbones.convnext import ClipConvNeXt
 from ..hub import ModelSpec, WeightSource
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
-from ..vocab import Vocabulary, reduce_synonyms
+from ..vocab import Vocabulary, VocabularyError, reduce_synonyms
 from . import fcclip_postprocess as post
 from .base import Protocol, SegModel
 from .fcclip_decoder import MaskDecoder
@@ -57,7 +58,8 @@ class FCCLIP(FCCLIPTraining, SegModel):
                  decoder: dict | None = None, alpha: float = post.ALPHA, beta: float = post.BETA,
                  train_vocabulary: str | Vocabulary = TRAIN_VOCABULARY, loss_weights: dict | None = None,
                  no_object_weight: float = 0.1, train_points: int = 112 * 112, oversample_ratio: float = 3.0,
-                 importance_sample_ratio: float = 0.75, image_size: int = 1024):
+                 importance_sample_ratio: float = 0.75, image_size: int = 1024,
+                 resolution: tuple[int, int] = (800, 1333)):
         super().__init__()
         if clip_weights is None:   # random init; no fingerprint of the whole CLIP
             register_configs()
@@ -73,6 +75,8 @@ class FCCLIP(FCCLIPTraining, SegModel):
         self.decoder = MaskDecoder(**{"embed_dim": embed, **(decoder or {})})
         self.void_embedding = nn.Embedding(1, embed)
         self.alpha, self.beta = alpha, beta
+        self.object_threshold, self.overlap_threshold = post.OBJECT_THRESHOLD, post.OVERLAP_THRESHOLD
+        self.topk = post.TOPK
         self.train_vocabulary = Vocabulary.resolve(train_vocabulary)
         self._train_synonyms = set(self.train_vocabulary.prompts)
         weights = loss_weights or {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
@@ -80,7 +84,8 @@ class FCCLIP(FCCLIPTraining, SegModel):
         self.criterion = SetCriterion(matcher, weights, no_object_weight, train_points, oversample_ratio,
                                       importance_sample_ratio)
         self.image_size = image_size
-        self.protocol = Protocol(short_side=800, max_side=1333, mode="whole", size_divisibility=32)
+        self.protocol = Protocol(short_side=resolution[0], max_side=resolution[1], mode="whole",
+                                 size_divisibility=32)
         self._text_ident: str | None = None
         for p in self.clip.parameters():
             p.requires_grad_(False)
@@ -177,27 +182,30 @@ class FCCLIP(FCCLIPTraining, SegModel):
     def panoptic(self, features: dict, text: torch.Tensor, vocab: Vocabulary, crop_hw, out_hw,
                  things: Sequence[bool] | None = None) -> dict:
         """-> {"pan_seg": IntTensor [H, W] (0 = void), "segments": [{id, category_id, isthing,
-        score, area}]} at ``out_hw``. ``things``: per-class thing flags (default: ``vocab.things``
-        when the vocabulary has them, else every class is a thing)."""
+        score, area}]} at ``out_hw``. ``things``: per-class thing flags (see ``thing_flags``)."""
         logits, masks = self._image_outputs(features, text, vocab, crop_hw, out_hw)
-        pan, segments = post.panoptic_inference(logits, masks, thing_flags(vocab, things))
+        pan, segments = post.panoptic_inference(logits, masks, thing_flags(vocab, things), self.object_threshold,
+                                                self.overlap_threshold)
         return {"pan_seg": pan, "segments": segments}
 
     def instances(self, features: dict, text: torch.Tensor, vocab: Vocabulary, crop_hw, out_hw,
-                  things: Sequence[bool] | None = None, topk: int = post.TOPK) -> dict:
+                  things: Sequence[bool] | None = None) -> dict:
         """-> {"masks": BoolTensor [N, H, W], "labels": LongTensor [N], "scores": [N]}: top-100
         (query, class) pairs restricted to thing classes (panoptic models)."""
         logits, masks = self._image_outputs(features, text, vocab, crop_hw, out_hw)
-        out = post.instance_inference(logits, masks, thing_flags(vocab, things), topk)
+        out = post.instance_inference(logits, masks, thing_flags(vocab, things), self.topk)
         return {k: out[k] for k in ("masks", "labels", "scores")}
 
 
 def thing_flags(vocab: Vocabulary, things: Sequence[bool] | None = None) -> list[bool]:
-    """Per-class thing flags: ``things`` if given (bools, or class indices), else
-    the vocabulary's own (``vocab.things``) if it has them, else all True (a user
-    vocabulary: every class is an object; mark stuff classes to merge them)."""
+    """Per-class thing flags: ``things`` if given (bools, or class indices), else the
+    vocabulary's own (``vocab.things``) if it has them, else those of the panoptic
+    benchmark whose class names it is (COCO, ADE-150, Cityscapes, any convention),
+    else all True (a user vocabulary: every class is an object, nothing is merged)."""
     if things is None:
         things = getattr(vocab, "things", None)
+    if things is None:
+        things = benchmark_things(tuple(vocab.names))
     if things is None:
         return [True] * len(vocab)
     arr = np.asarray(things.tolist() if torch.is_tensor(things) else list(things))
@@ -210,6 +218,28 @@ def thing_flags(vocab: Vocabulary, things: Sequence[bool] | None = None) -> list
     if arr.size != len(vocab):
         raise ValueError(f"{arr.size} thing flags for a vocabulary of {len(vocab)} classes")
     return [bool(t) for t in arr.reshape(-1)]
+
+
+def _panoptic_things() -> dict[str, tuple[int, ...]]:
+    from ..data import idmaps
+    return {"coco-panoptic": tuple(range(len(idmaps.COCO_PANOPTIC_THING_IDS))),   # things come first
+            "ade-panoptic": tuple(idmaps.ADE_PANOPTIC_THINGS), "ade150": tuple(idmaps.ADE_PANOPTIC_THINGS),
+            "cityscapes": tuple(range(11, 19))}                                  # person .. bicycle
+
+
+@functools.lru_cache(maxsize=64)
+def benchmark_things(names: tuple[str, ...]) -> tuple[bool, ...] | None:
+    """Thing flags of the panoptic benchmark whose display names are ``names``, or None."""
+    names = tuple(names)
+    for bench, things in _panoptic_things().items():
+        for convention in (None, "fcclip", "san", "tf"):
+            try:
+                ref = Vocabulary.from_dataset(bench, convention)
+            except VocabularyError:
+                continue
+            if tuple(ref.names) == names:
+                return tuple(i in things for i in range(len(names)))
+    return None
 
 
 def _per_class(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
@@ -237,7 +267,7 @@ CLIP_VARIANTS = {"convnext_base_w_320": "laion_aesthetic_s13b_b82k_augreg",
                  "convnext_xxlarge": "laion2b_s34b_b82k_augreg_soup"}
 _TINY = dict(pixel=dict(dim=32, mask_dim=32, enc_layers=1, heads=4, points=2, ffn=64, groups=8),
              decoder=dict(dim=32, num_queries=12, heads=4, ffn=64, num_layers=3, mask_dim=32),
-             train_points=24 * 24, image_size=64)
+             train_points=24 * 24, image_size=64, resolution=(128, 256))
 
 build_fcclip_convnext_l = _preset("fcclip-convnext-l", clip_arch="convnext_large_d_320", decoder=_DECODER)
 build_fcclip_tiny = _preset("fcclip-tiny", clip_arch="tiny-convnext", **_TINY)

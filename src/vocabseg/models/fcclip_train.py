@@ -59,11 +59,12 @@ class FCCLIPTraining:
         return self.criterion.weighted(self.criterion(out, targets))
 
     def train_transform(self, cfg: dict | None = None):
-        """LSJ as published (``data``: ``image_size`` 1024, ``min_scale`` 0.1,
-        ``max_scale`` 2.0): flip, resize, fixed crop -> item with ``image`` float
-        [3, S, S] in 0..1 and ``instances`` (crowd segments skipped)."""
+        """LSJ as published (``data.transform`` or ``data``: ``image_size`` 1024,
+        ``min_scale`` 0.1, ``max_scale`` 2.0): flip, resize, fixed crop -> item with
+        ``image`` float [3, S, S] in 0..1 and ``instances`` (crowd segments skipped)."""
         from ..data.transforms import lsj_transform
         data = (cfg or {}).get("data", {}) if isinstance(cfg, dict) else {}
+        data = {**data, **(data.get("transform") or {})}
         aug = lsj_transform(int(data.get("image_size", self.image_size)), float(data.get("min_scale", 0.1)),
                             float(data.get("max_scale", 2.0)))
 
