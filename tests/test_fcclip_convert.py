@@ -163,3 +163,21 @@ def test_load_published_file_takes_text_tower_from_clip_weights(tmp_path):
     torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a published FC-CLIP checkpoint"):
         conv.load_published(target, tmp_path / "other.pth")
+
+
+def test_api_load_model_takes_the_published_file_as_is(tmp_path):
+    from vocabseg.api import load_model
+    from vocabseg.errors import UserError
+    torch.manual_seed(2)
+    source = PRESETS["fcclip-tiny"].build()
+    torch.save(source.clip.state_dict(), tmp_path / "clip.pt")
+    torch.save({"model": conv.from_ours(source.state_dict())}, tmp_path / "fcclip_cocopan.pth")
+    model = load_model("fcclip-tiny", weights=tmp_path / "fcclip_cocopan.pth", clip_weights=str(tmp_path / "clip.pt"))
+    assert not model.training
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    broken = conv.from_ours(source.state_dict())
+    del broken["sem_seg_head.predictor.decoder_norm.weight"]
+    torch.save({"model": broken}, tmp_path / "broken.pth")
+    with pytest.raises(UserError, match="decoder.norm.weight"):
+        load_model("fcclip-tiny", weights=tmp_path / "broken.pth", clip_weights=str(tmp_path / "clip.pt"))

@@ -167,3 +167,33 @@ def test_recipe_config_holds_the_published_recipe_and_fits_the_model(tmp_path):
     item = get_dataset("coco-panoptic", split="train", root=tmp_path)[0]
     small = {**cfg, "data": {**cfg["data"], "transform": {**cfg["data"]["transform"], "image_size": 96}}}
     assert model.train_transform(small)(item)["image"].shape == (3, 96, 96)
+
+
+def test_cli_segment_panoptic_writes_png_json_and_overlay(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from vocabseg.checkpoint import save_checkpoint
+    from vocabseg.cli import main
+    from vocabseg.data.readers import rgb_to_id
+    torch.manual_seed(0)
+    model = PRESETS["fcclip-tiny"].build().eval()
+    image = torch.rand(3, 40, 56)
+    feats = inference.encode(model, image)
+    with torch.no_grad():   # random weights give every query to void: point the void row away from them
+        emb = torch.nn.functional.normalize(feats.features[0]["class_emb"][0], dim=-1)
+        model.void_embedding.weight.copy_(-emb.mean(0, keepdim=True))
+    folder = save_checkpoint(model, tmp_path / "ck")
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "img.png")
+    rc = main(["segment", str(tmp_path / "img.png"), "--model", str(folder), "--task", "panoptic",
+               "--labels", "person; dog, puppy; grass; sky", "--out", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    ids = rgb_to_id(np.array(Image.open(tmp_path / "out" / "img_panoptic.png").convert("RGB")))
+    record = json.loads((tmp_path / "out" / "img_panoptic.json").read_text())
+    assert ids.shape == (40, 56) and record["segments_info"]
+    for s in record["segments_info"]:
+        assert s["area"] == int((ids == s["id"]).sum()) > 0 and s["isthing"]      # a user vocabulary: all things
+    assert set(np.unique(ids)) - {0} == {s["id"] for s in record["segments_info"]}
+    assert Image.open(tmp_path / "out" / "img_overlay.png").size[1] == 40

@@ -181,3 +181,55 @@ def test_a_class_listed_twice_under_different_synonyms_changes_nothing(tiny):
     pa = tiny.panoptic(feats, t, a, (64, 90), (80, 100))
     pb = tiny.panoptic(feats, tb, b, (64, 90), (80, 100))
     assert torch.equal(pa["pan_seg"], pb["pan_seg"]) and pa["segments"] == pb["segments"]
+
+
+def test_panoptic_and_instance_exports_read_back(tmp_path):
+    """Hand-built predictions on the COCO-panoptic vocabulary -> PanopticResult PNG + JSON
+    written as a COCO-panoptic split and read by the dataset reader; instances' RLE
+    decoded by pycocotools."""
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_util
+
+    from vocabseg.data import get_dataset
+    from vocabseg.results import InstanceResult, PanopticResult
+
+    vocab = Vocabulary.from_dataset("coco-panoptic:fcclip")
+    flags = thing_flags(vocab)
+    h, w = 12, 16
+    m = torch.full((4, h, w), -10.0)
+    m[0, :, :8] = 10.0                 # person (thing)
+    m[1, :6, 8:] = 10.0                # sky (stuff) ...
+    m[2, 6:, 8:] = 10.0                # ... twice: one segment
+    m[3, :3, :3] = 9.0                 # dog inside the person, weaker: dropped
+    sky, dog = vocab.names.index("sky"), vocab.names.index("dog")
+    logits = one_hot_logits([0, sky, sky, dog], len(vocab))
+    pan, segs = post.panoptic_inference(logits, m, flags)
+    assert [(s["category_id"], s["isthing"], s["area"]) for s in segs] == [(0, True, 96), (sky, False, 96)]
+    result = PanopticResult(pan, segs, vocab, torch.zeros(3, h, w, dtype=torch.uint8), "fcclip-test")
+    paths = result.save(tmp_path / "out", "000000000139")
+    record = json.loads(paths["summary"].read_text())
+    root = tmp_path / "ds"
+    (root / "coco/val2017").mkdir(parents=True)
+    (root / "coco/panoptic_val2017").mkdir(parents=True)
+    (root / "coco/annotations").mkdir(parents=True)
+    Image.new("RGB", (w, h)).save(root / "coco/val2017/000000000139.jpg")
+    paths["panoptic"].rename(root / "coco/panoptic_val2017/000000000139.png")
+    cats = [{"id": i, "name": n, "isthing": int(t)} for i, (n, t) in enumerate(zip(vocab.names, flags))]
+    ann = {"image_id": 139, "file_name": "000000000139.png", "segments_info": record["segments_info"]}
+    (root / "coco/annotations/panoptic_val2017.json").write_text(json.dumps(
+        {"images": [{"id": 139, "file_name": "000000000139.jpg", "height": h, "width": w}],
+         "annotations": [ann], "categories": cats}))
+    item = get_dataset("coco-panoptic", split="val", root=root)[0]
+    assert torch.equal(item["pan_seg"], pan.long())
+    assert [(s["id"], s["category_id"], s["isthing"]) for s in item["segments_info"]] == \
+        [(s["id"], s["category_id"], s["isthing"]) for s in segs]
+
+    inst = post.instance_inference(logits, m, flags, topk=10)
+    res = InstanceResult(inst["masks"], inst["labels"], inst["scores"], vocab)
+    out = json.loads(res.save(tmp_path / "out", "inst")["instances"].read_text())["instances"]
+    assert len(out) == len(inst["labels"]) and {o["category_id"] for o in out} <= {i for i, t in enumerate(flags) if t}
+    for mask, rec in zip(inst["masks"], out):
+        rle = dict(rec["segmentation"], counts=rec["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_util.decode(rle).astype(bool), mask.numpy())
