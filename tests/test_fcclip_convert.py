@@ -181,3 +181,12 @@ def test_api_load_model_takes_the_published_file_as_is(tmp_path):
     torch.save({"model": broken}, tmp_path / "broken.pth")
     with pytest.raises(UserError, match="decoder.norm.weight"):
         load_model("fcclip-tiny", weights=tmp_path / "broken.pth", clip_weights=str(tmp_path / "clip.pt"))
+
+
+def test_prefix_map_renames_both_ways():
+    from vocabseg.convert.common import PrefixMap
+    names = PrefixMap([("a.layers.{n}.attn.", "b.{n}.self."), ("a.scale", "b.scale"), ("a.", "c.")])
+    assert names.forward("a.layers.12.attn.in_proj_weight") == "b.12.self.in_proj_weight"
+    assert names.backward("b.12.self.in_proj_weight") == "a.layers.12.attn.in_proj_weight"
+    assert names.forward("a.scale") == "b.scale" and names.forward("a.scale2") == "c.scale2"
+    assert names.forward("z.x") is None and names.backward("b.x") is None

@@ -20,9 +20,10 @@ Ours: ``clip.``, ``pixel_decoder.``, ``decoder.``, ``void_embedding.weight``.
 from __future__ import annotations
 
 import os
-import re
 
 import torch
+
+from .common import PrefixMap, key_listing, mismatch, unwrap
 
 CLIP = "backbone.clip_model."
 PIX = "sem_seg_head.pixel_decoder."
@@ -33,51 +34,29 @@ TRAIN_CLASSES = 133
 TEXT_ABSENT = ("token_embedding.", "transformer.", "ln_final.")
 TEXT_KEYS = TEXT_ABSENT + ("positional_embedding", "text_projection", "logit_scale")
 
-# (published regex, our template) for the heads; applied in order, first match wins
-_RULES = [
-    (PIX + r"transformer\.level_embed$", "pixel_decoder.level_embed"),
-    (PIX + r"transformer\.encoder\.(.+)$", r"pixel_decoder.encoder.\1"),
-    (PIX + r"adapter_1\.weight$", "pixel_decoder.lateral.conv.weight"),
-    (PIX + r"adapter_1\.norm\.(.+)$", r"pixel_decoder.lateral.norm.\1"),
-    (PIX + r"layer_1\.weight$", "pixel_decoder.output.conv.weight"),
-    (PIX + r"layer_1\.norm\.(.+)$", r"pixel_decoder.output.norm.\1"),
-    (PIX + r"((?:input_proj|mask_features)\..+)$", r"pixel_decoder.\1"),
-    (PRED + r"transformer_cross_attention_layers\.(\d+)\.multihead_attn\.(.+)$", r"decoder.layers.\1.cross_attn.attn.\2"),
-    (PRED + r"transformer_cross_attention_layers\.(\d+)\.norm\.(.+)$", r"decoder.layers.\1.cross_attn.norm.\2"),
-    (PRED + r"transformer_self_attention_layers\.(\d+)\.self_attn\.(.+)$", r"decoder.layers.\1.self_attn.attn.\2"),
-    (PRED + r"transformer_self_attention_layers\.(\d+)\.norm\.(.+)$", r"decoder.layers.\1.self_attn.norm.\2"),
-    (PRED + r"transformer_ffn_layers\.(\d+)\.(.+)$", r"decoder.layers.\1.ffn.\2"),
-    (PRED + r"decoder_norm\.(.+)$", r"decoder.norm.\1"),
-    (PRED + r"_mask_pooling_proj\.(.+)$", r"decoder.pool_proj.\1"),
-    (PRED + r"((?:query_feat|query_embed|level_embed|mask_embed|class_embed)\..+|logit_scale)$", r"decoder.\1"),
-    (r"void_embedding\.weight$", "void_embedding.weight"),
-]
-# our regex -> published template (the inverse of _RULES)
-_INVERSE = [
-    (r"pixel_decoder\.level_embed$", PIX + "transformer.level_embed"),
-    (r"pixel_decoder\.encoder\.(.+)$", PIX + r"transformer.encoder.\1"),
-    (r"pixel_decoder\.lateral\.conv\.weight$", PIX + "adapter_1.weight"),
-    (r"pixel_decoder\.lateral\.norm\.(.+)$", PIX + r"adapter_1.norm.\1"),
-    (r"pixel_decoder\.output\.conv\.weight$", PIX + "layer_1.weight"),
-    (r"pixel_decoder\.output\.norm\.(.+)$", PIX + r"layer_1.norm.\1"),
-    (r"pixel_decoder\.((?:input_proj|mask_features)\..+)$", PIX + r"\1"),
-    (r"decoder\.layers\.(\d+)\.cross_attn\.attn\.(.+)$", PRED + r"transformer_cross_attention_layers.\1.multihead_attn.\2"),
-    (r"decoder\.layers\.(\d+)\.cross_attn\.norm\.(.+)$", PRED + r"transformer_cross_attention_layers.\1.norm.\2"),
-    (r"decoder\.layers\.(\d+)\.self_attn\.attn\.(.+)$", PRED + r"transformer_self_attention_layers.\1.self_attn.\2"),
-    (r"decoder\.layers\.(\d+)\.self_attn\.norm\.(.+)$", PRED + r"transformer_self_attention_layers.\1.norm.\2"),
-    (r"decoder\.layers\.(\d+)\.ffn\.(.+)$", PRED + r"transformer_ffn_layers.\1.\2"),
-    (r"decoder\.norm\.(.+)$", PRED + r"decoder_norm.\1"),
-    (r"decoder\.pool_proj\.(.+)$", PRED + r"_mask_pooling_proj.\1"),
-    (r"decoder\.((?:query_feat|query_embed|level_embed|mask_embed|class_embed)\..+|logit_scale)$", PRED + r"\1"),
-    (r"void_embedding\.weight$", "void_embedding.weight"),
-]
-
-
-def unwrap(state_dict: dict) -> dict:
-    """A detectron2 checkpoint keeps the weights under ``model``."""
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        return state_dict["model"]
-    return state_dict
+# published prefix -> ours ({n}: a layer index); a prefix without a final "." is a whole key
+NAMES = PrefixMap([
+    (PIX + "transformer.level_embed", "pixel_decoder.level_embed"),
+    (PIX + "transformer.encoder.", "pixel_decoder.encoder."),
+    (PIX + "adapter_1.weight", "pixel_decoder.lateral.conv.weight"),
+    (PIX + "adapter_1.norm.", "pixel_decoder.lateral.norm."),
+    (PIX + "layer_1.weight", "pixel_decoder.output.conv.weight"),
+    (PIX + "layer_1.norm.", "pixel_decoder.output.norm."),
+    (PIX + "input_proj.", "pixel_decoder.input_proj."),
+    (PIX + "mask_features.", "pixel_decoder.mask_features."),
+    (PRED + "transformer_cross_attention_layers.{n}.multihead_attn.", "decoder.layers.{n}.cross_attn.attn."),
+    (PRED + "transformer_cross_attention_layers.{n}.norm.", "decoder.layers.{n}.cross_attn.norm."),
+    (PRED + "transformer_self_attention_layers.{n}.self_attn.", "decoder.layers.{n}.self_attn.attn."),
+    (PRED + "transformer_self_attention_layers.{n}.norm.", "decoder.layers.{n}.self_attn.norm."),
+    (PRED + "transformer_ffn_layers.{n}.", "decoder.layers.{n}.ffn."),
+    (PRED + "decoder_norm.", "decoder.norm."),
+    (PRED + "_mask_pooling_proj.", "decoder.pool_proj."),
+    (PRED + "logit_scale", "decoder.logit_scale"),
+    *[(PRED + f"{m}.", f"decoder.{m}.") for m in ("query_feat", "query_embed", "level_embed", "mask_embed",
+                                                   "class_embed")],
+    ("void_embedding.weight", "void_embedding.weight"),
+    (CLIP, "clip."),
+])
 
 
 def detect(state_dict: dict) -> bool:
@@ -87,61 +66,30 @@ def detect(state_dict: dict) -> bool:
             and any(k.startswith(CLIP) for k in sd) and "void_embedding.weight" in sd)
 
 
-def _rename(key: str, rules) -> str | None:
-    for pattern, template in rules:
-        if re.match(pattern, key):
-            return re.sub(pattern, template, key)
-    return None
-
-
-def _listing(what: str, keys: list[str], limit: int = 12) -> str:
-    if not keys:
-        return ""
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
-
-
 def to_ours(state_dict: dict) -> dict:
     """Published key names -> ours. Raises KeyError naming keys it cannot place and
     ValueError for a ResNet-CLIP checkpoint or an unexpected ``criterion.empty_weight``."""
     sd = unwrap(state_dict)
     if any(k.startswith(CLIP + "visual.attnpool.") for k in sd):
         raise ValueError("this is a ResNet-CLIP FC-CLIP checkpoint; vocabseg implements the ConvNeXt variants")
-    out, unknown = {}, []
-    for k, v in sd.items():
-        if k.startswith(CLIP):
-            out["clip." + k[len(CLIP):]] = v
-        elif k == "criterion.empty_weight":
-            if v.ndim != 1 or not torch.all(v[:-1] == 1) or abs(float(v[-1]) - EOS_COEF) > 1e-6:
-                raise ValueError(f"criterion.empty_weight should be ones with {EOS_COEF} last")
-        else:
-            name = _rename(k, _RULES)
-            if name is None:
-                unknown.append(k)
-            else:
-                out[name] = v
+    empty = sd.get("criterion.empty_weight")
+    if empty is not None and (empty.ndim != 1 or not torch.all(empty[:-1] == 1)
+                              or abs(float(empty[-1]) - EOS_COEF) > 1e-6):
+        raise ValueError(f"criterion.empty_weight should be ones with {EOS_COEF} last")
+    out, unknown = NAMES.rename({k: v for k, v in sd.items() if k != "criterion.empty_weight"})
     if unknown:
-        raise KeyError("unexpected keys in the FC-CLIP checkpoint" + _listing("unknown", unknown))
+        raise KeyError("unexpected keys in the FC-CLIP checkpoint" + key_listing("unknown", unknown))
     return out
 
 
 def from_ours(state_dict: dict, text_tower: bool = False, num_train_classes: int = TRAIN_CLASSES) -> dict:
     """Our key names -> the published layout (``criterion.empty_weight`` rebuilt).
     Like the release, the text transformer is left out unless ``text_tower``."""
-    out, unknown = {}, []
-    for k, v in state_dict.items():
-        if k.startswith("clip."):
-            rest = k[len("clip."):]
-            if text_tower or not rest.startswith(TEXT_ABSENT):
-                out[CLIP + rest] = v
-            continue
-        name = _rename(k, _INVERSE)
-        if name is None:
-            unknown.append(k)
-        else:
-            out[name] = v
+    keep = {k: v for k, v in state_dict.items()
+            if text_tower or not (k.startswith("clip.") and k[len("clip."):].startswith(TEXT_ABSENT))}
+    out, unknown = NAMES.rename(keep, backward=True)
     if unknown:
-        raise KeyError("keys with no published name" + _listing("unknown", unknown))
+        raise KeyError("keys with no published name" + key_listing("unknown", unknown))
     weight = torch.ones(num_train_classes + 1)
     weight[-1] = EOS_COEF
     out["criterion.empty_weight"] = weight
@@ -155,22 +103,18 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
     dict(filled=[our keys taken from CLIP])."""
     ours = to_ours(state_dict)
     expected = model.state_dict()
-    absent = [k for k in expected if k not in ours]
-    text_absent = [k for k in absent if k.startswith("clip.") and k[len("clip."):].startswith(TEXT_KEYS)]
+    text_absent = [k for k in expected if k not in ours
+                   and k.startswith("clip.") and k[len("clip."):].startswith(TEXT_KEYS)]
     filled = []
     if text_absent and clip_state_dict is not None:
         clip = unwrap(clip_state_dict)
         filled = [k for k in text_absent if k[len("clip."):] in clip]
         ours.update({k: clip[k[len("clip."):]] for k in filled})
-    missing = sorted(set(expected) - set(ours))
-    unexpected = sorted(set(ours) - set(expected))
-    shapes = [f"{k}: file {tuple(ours[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-              if k in ours and tuple(ours[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
+    problems = mismatch(expected, ours)
+    if problems:
         hint = (" (the text tower is missing: pass the CLIP weights)"
-                if any(k in text_absent for k in missing) else "")
-        raise ValueError("FC-CLIP checkpoint does not fit the model" + hint + _listing("missing", missing)
-                         + _listing("unexpected", unexpected) + _listing("wrong shape", shapes))
+                if any(k not in ours for k in text_absent) else "")
+        raise ValueError("FC-CLIP checkpoint does not fit the model" + hint + problems)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
     model.reset_text_cache()
     return {"filled": filled}

@@ -22,7 +22,6 @@ post-processing at the output size.
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones.clip import create_clip, register_configs
+from ..backbones.clip import create_clip, register_configs, text_fingerprint
 from ..backbones.convnext import ClipConvNeXt
 from ..hub import ModelSpec, WeightSource
 from ..losses.criterion import SetCriterion
@@ -103,13 +102,8 @@ class FCCLIP(FCCLIPTraining, SegModel):
 
     # --- text side -------------------------------------------------------
     def text_tower(self):
-        if self._text_ident is None:
-            h = hashlib.sha256()
-            for name, t in sorted(self.clip.state_dict().items()):
-                if not name.startswith("visual."):
-                    h.update(name.encode())
-                    h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-            self._text_ident = f"fcclip:{self.clip_arch}:text:{h.hexdigest()[:16]}"
+        if self._text_ident is None:   # frozen, but a loaded checkpoint may bring its own
+            self._text_ident = f"fcclip:{self.clip_arch}:text:{text_fingerprint(self.clip)}"
         return self.clip, self._tokenizer, self._text_ident
 
     def reset_text_cache(self) -> None:
