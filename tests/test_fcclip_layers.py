@@ -121,3 +121,17 @@ def test_position_embedding_sine_formula():
     for v in (y, xx):
         want += [math.sin(v / freqs[0]), math.cos(v / freqs[1]), math.sin(v / freqs[2]), math.cos(v / freqs[3])]
     assert torch.allclose(out[0, :, r, c], torch.tensor(want), atol=1e-6)
+
+
+def test_both_implementations_give_the_same_gradients():
+    shapes = [(4, 5), (2, 3)]
+    grads = []
+    for impl in ("stack", "accumulate"):
+        value = torch.randn(1, 26, 2, 4, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        loc = torch.rand(1, 6, 2, 2, 3, 2, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        w = torch.rand(1, 6, 2, 2, 3, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        target = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(7))
+        (ms_deform_attn(value, shapes, loc, w, impl=impl) * target).sum().backward()
+        grads.append([value.grad, loc.grad, w.grad])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
