@@ -79,6 +79,8 @@ def load_image(image) -> torch.Tensor:
             with Image.open(path) as im:
                 im.load()
                 rgb = pil_to_rgb(im)
+        except Image.DecompressionBombError:
+            raise ImageError(f"cannot read image {path}: too many pixels to decode safely") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"cannot read image {path}: {_reason(e)}") from None
         return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -112,7 +113,8 @@ class TextEncoder:
     """
 
     def __init__(self, clip_model, tokenizer, identity: str, template_set: str | Sequence[str] = "vild",
-                 average: str = "normalized", cache: bool = True, batch_size: int = 256):
+                 average: str = "normalized", cache: bool = True, batch_size: int = 256,
+                 memory_size: int = 64):
         if average not in ("normalized", "raw"):
             raise ValueError("average must be 'normalized' or 'raw'")
         self.clip_model = clip_model
@@ -123,7 +125,8 @@ class TextEncoder:
         self.average = average
         self.cache = cache
         self.batch_size = batch_size
-        self._memory: dict[str, torch.Tensor] = {}
+        self.memory_size = memory_size      # vocabularies kept in memory (least recently used dropped)
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------
     def cache_key(self, names: Sequence[str]) -> str:
@@ -143,6 +146,7 @@ class TextEncoder:
     def encode_names(self, names: Sequence[str]) -> torch.Tensor:
         key = self.cache_key(names)
         if key in self._memory:
+            self._memory.move_to_end(key)
             return self._memory[key]
         path = self.cache_path(names)
         emb = None
@@ -161,6 +165,8 @@ class TextEncoder:
                 torch.save(emb, tmp)
                 os.replace(tmp, path)
         self._memory[key] = emb
+        while len(self._memory) > self.memory_size:
+            self._memory.popitem(last=False)
         return emb
 
     @torch.no_grad()

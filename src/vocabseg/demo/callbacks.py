@@ -226,8 +226,7 @@ def _memory_only_text(segmenter, templates) -> None:
     cache) and keep that memory bounded."""
     encoder = segmenter.model.text_encoder(templates if templates is not None else segmenter.templates)
     encoder.cache = False
-    if len(encoder._memory) > TEXT_MEMORY:
-        encoder._memory.clear()
+    encoder.memory_size = TEXT_MEMORY
 
 
 def segment(cache: ModelCache, model: str, image, vocabulary: str | None, templates: str | None,
