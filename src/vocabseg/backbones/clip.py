@@ -54,9 +54,13 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def tensor_fingerprint(module: torch.nn.Module) -> str:
+def tensor_fingerprint(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> str:
+    """Short sha256 of a module's tensors (names and values); keys starting with
+    any prefix in ``exclude`` are left out."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
+        if exclude and name.startswith(exclude):
+            continue
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

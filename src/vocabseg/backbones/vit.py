@@ -4,7 +4,10 @@
 put them, so checkpoints keep their key names) and exposes the pieces dense
 methods need: patch embedding with the positional embedding resized to any
 grid, tokens after any block, a block run with an additive attention mask, the
-per-head q / k / v of a block, and the ``ln_post`` + ``proj`` head.
+per-head q / k / v of a block, the ``ln_post`` + ``proj`` head, and SAN's
+attention-bias injection (``sos_attn_mask`` / ``ClipViT.forward_sos``): extra
+[SOS] tokens that copy the class token and attend to the patches only through a
+given bias, while CLS and patches run as in plain CLIP.
 
 Token layout is batch-first: [B, 1 + h*w, C], class token first.
 """
@@ -59,6 +62,31 @@ def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | N
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+SOS_BLOCKED = -100.0   # the additive mask value SAN uses for "does not attend"
+
+
+def sos_attn_mask(bias: torch.Tensor) -> torch.Tensor:
+    """Additive attention mask for the sequence [SOS x Q, CLS, patches].
+
+    ``bias`` [B, heads, Q, L] (per-head bias of every SOS token on the L
+    patches) -> [B, heads, Q+1+L, Q+1+L], rows = queries, columns = keys:
+    every SOS column is -100 except each SOS token's own diagonal entry (0);
+    SOS -> CLS is -100; SOS -> patch carries ``bias``; CLS and patches attend
+    to CLS and patches with 0, exactly as in plain CLIP (they see the SOS
+    tokens only through exp(-100) ~ 4e-44).
+    """
+    b, h, q, n = bias.shape
+    size = q + 1 + n
+    mask = bias.new_zeros(size, size)
+    mask[:, :q] = SOS_BLOCKED
+    idx = torch.arange(q, device=bias.device)
+    mask[idx, idx] = 0.0
+    mask[:q, q] = SOS_BLOCKED
+    mask = mask.expand(b, h, size, size).clone()
+    mask[:, :, :q, q + 1:] = bias
+    return mask
+
+
 class ClipViT(nn.Module):
     """Dense-feature view of an open_clip ``VisionTransformer``."""
 
@@ -105,6 +133,23 @@ class ClipViT(nn.Module):
             if i + 1 in collect:
                 feats[i + 1] = x
         return x, feats
+
+    def forward_sos(self, x: torch.Tensor, start: int, bias: torch.Tensor) -> torch.Tensor:
+        """Attention-bias injection (SAN's recognition head without ``ln_post``).
+
+        ``x`` [B, 1+L, C] tokens after block ``start`` (class token first),
+        ``bias`` [B, heads, Q, L] -> [B, Q, C]: Q copies of the class token run
+        through blocks ``start..`` with ``sos_attn_mask(bias)`` next to CLS and
+        the patches, and are returned after the last block.
+        """
+        q = bias.shape[2]
+        if bias.shape[1] != self.heads or bias.shape[3] != x.shape[1] - 1:
+            raise ValueError(f"bias must be [B, {self.heads}, Q, {x.shape[1] - 1}], got {tuple(bias.shape)}")
+        mask = sos_attn_mask(bias).to(x.dtype)
+        y = torch.cat([x[:, :1].expand(-1, q, -1), x], dim=1)
+        for block in self.blocks[start:]:
+            y = block_forward(block, y, mask)
+        return y[:, :q]
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """``ln_post`` then ``proj``: [..., C] -> [..., D]."""

@@ -1,21 +1,21 @@
 """Published SAN checkpoints (Hugging Face ``Mendel192/san``) <-> our ``SAN``.
 
-Published layout (detectron2 ``SAN`` module, weights possibly under ``model``):
+Published layout (the detectron2 ``SAN`` module's state dict, possibly under ``model``):
 
 - ``clip_visual_extractor.``: ``conv1``, ``class_embedding``,
   ``positional_embedding``, ``ln_pre``, ``resblocks.0..split-1``
-- ``clip_rec_head.``: ``resblocks.0..`` (CLIP visual blocks split.. re-indexed
-  from 0), ``ln_post``, ``proj``
-- ``side_adapter_network.``: same names as our ``side.``
+- ``clip_rec_head.``: ``resblocks.0..`` (CLIP visual blocks ``split..``
+  re-indexed from 0), ``ln_post``, ``proj``
+- ``side_adapter_network.``: the same names as our ``side.``
 - ``ov_classifier.``: the CLIP text tower (``transformer``, ``token_embedding``,
   ``positional_embedding``, ``ln_final``, ``text_projection``), ``logit_scale``,
-  the fixed causal ``attn_mask`` buffer, ``bg_embed``
+  ``bg_embed`` and the causal text ``attn_mask`` (SAN re-registers CLIP's
+  buffers as persistent ones): a constant we rebuild, checked, not loaded
 - ``criterion.empty_weight``: the no-object class weights of training
+  (171 ones then 0.1), a constant we rebuild: checked, not loaded.
 
 Ours: ``clip.`` (one open_clip CLIP, visual blocks under
-``clip.visual.transformer.resblocks``), ``side.``, ``bg_embed``. The causal
-mask and ``empty_weight`` are constants we rebuild; they are checked, not
-silently dropped.
+``clip.visual.transformer.resblocks``), ``side.``, ``bg_embed``.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import re
 
 import torch
 
-PUBLISHED_PREFIXES = ("clip_visual_extractor.", "clip_rec_head.", "side_adapter_network.", "ov_classifier.")
 TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
              "logit_scale")
+STEM_KEYS = ("class_embedding", "positional_embedding", "conv1.", "ln_pre.")
 SPLIT_BY_DEPTH = {12: 9, 24: 18}   # published feature/recognition split of CLIP ViT-B (12) and ViT-L (24)
 EOS_COEF = 0.1
 TRAIN_CLASSES = 171
@@ -42,7 +42,8 @@ def unwrap(state_dict: dict) -> dict:
 def detect(state_dict: dict) -> bool:
     """True for a published SAN state dict (or a checkpoint wrapping one)."""
     sd = unwrap(state_dict)
-    return any(k.startswith("side_adapter_network.") for k in sd) and any(k.startswith("clip_rec_head.") for k in sd)
+    return (any(k.startswith("side_adapter_network.") for k in sd)
+            and any(k.startswith("clip_rec_head.") for k in sd))
 
 
 def causal_mask(n: int) -> torch.Tensor:
@@ -50,86 +51,93 @@ def causal_mask(n: int) -> torch.Tensor:
     return torch.full((n, n), float("-inf")).triu_(1)
 
 
-def _extractor_depth(sd: dict) -> int:
-    idx = {int(m.group(1)) for k in sd for m in [re.match(r"clip_visual_extractor\.resblocks\.(\d+)\.", k)] if m}
-    if not idx:
-        raise KeyError("published SAN state dict has no clip_visual_extractor.resblocks.*")
-    return max(idx) + 1
+def _max_index(keys, prefix: str) -> int:
+    """1 + the largest block index i among keys ``<prefix><i>.*`` (0 if none)."""
+    idx = [int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m]
+    return max(idx) + 1 if idx else 0
 
 
-def to_ours(state_dict: dict) -> dict:
-    """Published key names -> ours. Raises KeyError on a key it cannot explain
-    and ValueError when a constant buffer holds unexpected values."""
+def _listing(what: str, keys: list[str], limit: int = 10) -> str:
+    if not keys:
+        return ""
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
+
+
+def _our_name(k: str, v: torch.Tensor, split: int) -> str | None:
+    """Our name of published key ``k``; None for a checked constant; "" if unknown."""
+    group, _, rest = k.partition(".")
+    if group == "clip_visual_extractor" and rest.startswith("resblocks."):
+        return "clip.visual.transformer." + rest
+    if group == "clip_visual_extractor" and rest.startswith(STEM_KEYS):
+        return "clip.visual." + rest
+    if group == "clip_rec_head" and (m := re.match(r"resblocks\.(\d+)\.(.*)", rest)):
+        return f"clip.visual.transformer.resblocks.{int(m.group(1)) + split}.{m.group(2)}"
+    if group == "clip_rec_head" and (rest == "proj" or rest.startswith("ln_post.")):
+        return "clip.visual." + rest
+    if group == "side_adapter_network":
+        return "side." + rest
+    if k == "ov_classifier.bg_embed":
+        return "bg_embed"
+    if k == "ov_classifier.attn_mask":
+        if not torch.equal(v.float(), causal_mask(v.shape[0])):
+            raise ValueError("ov_classifier.attn_mask is not the causal text mask open_clip builds")
+        return None
+    if group == "ov_classifier" and rest.startswith(TEXT_KEYS):
+        return "clip." + rest
+    if k == "criterion.empty_weight":
+        if v.ndim != 1 or not torch.all(v[:-1] == 1) or abs(float(v[-1]) - EOS_COEF) > 1e-6:
+            raise ValueError(f"criterion.empty_weight should be ones then {EOS_COEF} (no object)")
+        return None
+    return ""
+
+
+def to_ours(state_dict: dict, origin: dict | None = None) -> dict:
+    """Published key names -> ours (tensors shared, not copied); ``origin``, when
+    given, is filled with our name -> published name. Raises ValueError naming
+    every key it cannot place, or a constant (``criterion.empty_weight``,
+    ``ov_classifier.attn_mask``) that is not what SAN builds."""
     sd = unwrap(state_dict)
-    split = _extractor_depth(sd)
+    split = _max_index(sd, "clip_visual_extractor.resblocks.")
+    if split == 0:
+        raise ValueError("not a SAN checkpoint: no clip_visual_extractor.resblocks.* keys")
     out, unknown = {}, []
     for k, v in sd.items():
-        if k.startswith("clip_visual_extractor."):
-            rest = k[len("clip_visual_extractor."):]
-            out[("clip.visual.transformer." if rest.startswith("resblocks.") else "clip.visual.") + rest] = v
-        elif k.startswith("clip_rec_head."):
-            rest = k[len("clip_rec_head."):]
-            m = re.match(r"resblocks\.(\d+)\.(.*)", rest)
-            if m:
-                out[f"clip.visual.transformer.resblocks.{int(m.group(1)) + split}.{m.group(2)}"] = v
-            elif rest in ("proj",) or rest.startswith("ln_post."):
-                out["clip.visual." + rest] = v
-            else:
-                unknown.append(k)
-        elif k.startswith("side_adapter_network."):
-            out["side." + k[len("side_adapter_network."):]] = v
-        elif k == "ov_classifier.bg_embed":
-            out["bg_embed"] = v
-        elif k == "ov_classifier.attn_mask":
-            if not torch.equal(v.float(), causal_mask(v.shape[0])):
-                raise ValueError("ov_classifier.attn_mask is not the causal text mask open_clip builds")
-        elif k.startswith("ov_classifier."):
-            rest = k[len("ov_classifier."):]
-            if rest.startswith(TEXT_KEYS):
-                out["clip." + rest] = v
-            else:
-                unknown.append(k)
-        elif k == "criterion.empty_weight":
-            if v.ndim != 1 or not torch.all(v[:-1] == 1):
-                raise ValueError("criterion.empty_weight should be ones with the no-object weight last")
-        else:
+        name = _our_name(k, v, split)
+        if name == "":
             unknown.append(k)
+        elif name is not None:
+            out[name] = v
+            if origin is not None:
+                origin[name] = k
     if unknown:
-        raise KeyError(f"unexpected keys in the SAN checkpoint: {unknown[:10]}"
-                       + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+        raise ValueError("the SAN checkpoint has keys SAN does not define" + _listing("unexpected", unknown))
     return out
 
 
 def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int = TRAIN_CLASSES) -> dict:
-    """Our key names -> the published layout (with the constant causal mask and
-    ``criterion.empty_weight`` rebuilt). ``split`` defaults to 9 for 12-block and
-    18 for 24-block CLIP ViTs."""
-    depth = 1 + max(int(m.group(1)) for k in state_dict
-                    for m in [re.match(r"clip\.visual\.transformer\.resblocks\.(\d+)\.", k)] if m)
+    """Our key names -> the published layout (``ov_classifier.attn_mask`` and
+    ``criterion.empty_weight`` for ``num_train_classes`` rebuilt). ``split`` defaults to 9 for 12-block and 18 for
+    24-block CLIP ViTs."""
+    depth = _max_index(state_dict, "clip.visual.transformer.resblocks.")
     if split is None:
         if depth not in SPLIT_BY_DEPTH:
             raise ValueError(f"give split for a {depth}-block CLIP (known: {SPLIT_BY_DEPTH})")
         split = SPLIT_BY_DEPTH[depth]
     out, unknown = {}, []
     for k, v in state_dict.items():
-        if k.startswith("clip.visual."):
-            rest = k[len("clip.visual."):]
-            m = re.match(r"transformer\.resblocks\.(\d+)\.(.*)", rest)
-            if m:
-                i = int(m.group(1))
-                out[f"clip_visual_extractor.resblocks.{i}.{m.group(2)}" if i < split
-                    else f"clip_rec_head.resblocks.{i - split}.{m.group(2)}"] = v
-            elif rest == "proj" or rest.startswith("ln_post."):
-                out["clip_rec_head." + rest] = v
-            elif rest in ("class_embedding", "positional_embedding") or rest.startswith(("conv1.", "ln_pre.")):
-                out["clip_visual_extractor." + rest] = v
-            else:
-                unknown.append(k)
-        elif k.startswith("clip."):
-            rest = k[len("clip."):]
-            if not rest.startswith(TEXT_KEYS):
-                unknown.append(k)
-            out["ov_classifier." + rest] = v
+        m = re.match(r"clip\.visual\.transformer\.resblocks\.(\d+)\.(.*)", k)
+        rest = k[len("clip.visual."):] if k.startswith("clip.visual.") else None
+        if m:
+            i = int(m.group(1))
+            out[f"clip_visual_extractor.resblocks.{i}.{m.group(2)}" if i < split
+                else f"clip_rec_head.resblocks.{i - split}.{m.group(2)}"] = v
+        elif rest is not None and (rest == "proj" or rest.startswith("ln_post.")):
+            out["clip_rec_head." + rest] = v
+        elif rest is not None and rest.startswith(STEM_KEYS):
+            out["clip_visual_extractor." + rest] = v
+        elif rest is None and k.startswith("clip.") and k[len("clip."):].startswith(TEXT_KEYS):
+            out["ov_classifier." + k[len("clip."):]] = v
         elif k.startswith("side."):
             out["side_adapter_network." + k[len("side."):]] = v
         elif k == "bg_embed":
@@ -137,7 +145,7 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
         else:
             unknown.append(k)
     if unknown:
-        raise KeyError(f"keys with no published name: {unknown[:10]}")
+        raise ValueError("keys with no published SAN name" + _listing("unknown", unknown))
     out["ov_classifier.attn_mask"] = causal_mask(state_dict["clip.positional_embedding"].shape[0])
     weight = torch.ones(num_train_classes + 1)
     weight[-1] = EOS_COEF
@@ -145,30 +153,35 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
     return out
 
 
-def load_into(model, state_dict: dict) -> None:
-    """Load a published SAN state dict into our ``SAN`` model; any missing or
-    unexpected key (or shape mismatch) is an error."""
-    ours = to_ours(state_dict)
+def load_state_dict(model, state_dict: dict) -> None:
+    """Load a published SAN state dict into our ``SAN`` model. Any missing or
+    unexpected key, a different CLIP split or a shape mismatch is an error."""
+    origin: dict = {}
+    ours = to_ours(state_dict, origin)
+    split = _max_index(unwrap(state_dict), "clip_visual_extractor.resblocks.")
+    if split != model.split:
+        raise ValueError(f"the checkpoint splits CLIP after block {split}, the model after {model.split}: "
+                         "is it the right preset (san-vit-b16 / san-vit-l14)?")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ours))
-    unexpected = sorted(set(ours) - set(expected))
-    if missing or unexpected:
-        raise KeyError(f"SAN checkpoint does not fit the model: missing {missing[:10]} ({len(missing)}), "
-                       f"unexpected {unexpected[:10]} ({len(unexpected)})")
-    split = _extractor_depth(unwrap(state_dict))
-    if split != model.split:
-        raise ValueError(f"checkpoint splits CLIP after block {split}, the model after {model.split}")
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(ours[k].shape)]
-    if bad:
-        raise ValueError("shape mismatch: " + ", ".join(
-            f"{k} {tuple(ours[k].shape)} vs model {tuple(expected[k].shape)}" for k in bad[:5]))
-    model.load_state_dict(ours, strict=True)
+    unexpected = sorted(f"{origin[k]} (ours: {k})" for k in set(ours) - set(expected))
+    shapes = [f"{k}: file {tuple(ours[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+              if k in ours and tuple(ours[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise ValueError("the SAN checkpoint does not fit the model" + _listing("missing", missing)
+                         + _listing("unexpected", unexpected) + _listing("wrong shape", shapes))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
     model.reset_text_cache()
 
 
-def load_file(model, path: str | os.PathLike) -> None:
-    """Load a published ``.pth`` file (weights_only) into ``model``."""
+def load_published(model, path: str | os.PathLike, clip_weights: str | None = None) -> None:
+    """Load a published ``.pth`` file (``san_vit_b_16.pth`` / ``san_vit_large_14.pth``,
+    read with ``weights_only=True``) into ``model``: CLIP (both towers), side
+    network and ``bg_embed`` all come from the file, so ``clip_weights`` must be None."""
+    if clip_weights is not None:
+        raise ValueError("a published SAN file holds its own CLIP (both towers); do not pass CLIP weights")
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not detect(sd):
-        raise ValueError(f"{path} is not a published SAN checkpoint (no side_adapter_network.* / clip_rec_head.* keys)")
-    load_into(model, sd)
+    if not isinstance(sd, dict) or not detect(sd):
+        raise ValueError(f"{path} is not a published SAN checkpoint "
+                         "(expected side_adapter_network.* and clip_rec_head.* keys, maybe under 'model')")
+    load_state_dict(model, sd)

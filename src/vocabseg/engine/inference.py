@@ -96,8 +96,18 @@ def encode(model, image: torch.Tensor, protocol: Protocol | None = None) -> Imag
 
 @torch.no_grad()
 def scores(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tensor:
-    """[C, H, W] per-class scores at the original size from cached image features."""
+    """[C, H, W] per-class scores at the original size from cached image features.
+
+    A model with ``classify_at(features, text, vocab, crop, size)`` (mask-classification
+    models: SAN, FC-CLIP) gets a whole-image pass done its own way: it crops and resizes its
+    mask logits to the original size before its sigmoid / softmax, as Mask2Former's
+    ``sem_seg_postprocess`` does; other models' scores are cropped and resized here.
+    """
     h, w = feats.resized
+    if hasattr(model, "classify_at") and len(feats.boxes) == 1:
+        y0, x0, y1, x1 = feats.boxes[0]
+        out = model.classify_at(feats.features[0], text, vocab, crop=(y1 - y0, x1 - x0), size=tuple(feats.size))
+        return model.finalize(out, vocab)[0]
     total = count = None
     for (y0, x0, y1, x1), f in zip(feats.boxes, feats.features):
         s = model.classify(f, text, vocab)[..., : y1 - y0, : x1 - x0]   # crop the padding

@@ -157,7 +157,10 @@ class SideAdapter(nn.Module):
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)                                   # [B, L, C]
         n = x.shape[1]
-        pos = resize_pos_embed(vit.pos_embed[0], grid, num_prefix=0)[None]
+        pos = vit.pos_embed[0]
+        if pos.shape[0] != n:   # as published: resized when the token count differs (not the grid shape)
+            pos = resize_pos_embed(pos, grid, num_prefix=0)
+        pos = pos[None]
         b = x.shape[0]
         pos = torch.cat([self.query_pos_embed.expand(b, -1, -1), pos.expand(b, -1, -1)], dim=1)
         x = torch.cat([self.query_embed.expand(b, -1, -1), x], dim=1) + pos
