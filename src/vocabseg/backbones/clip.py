@@ -134,14 +134,3 @@ def clip_cached(arch: str, tag: str | None) -> bool:
         return any(isinstance(try_to_load_from_cache(repo, n, cache_dir=str(clip_cache_dir())), str) for n in names)
     url = cfg.get("url", "")
     return bool(url) and (clip_cache_dir() / os.path.basename(url)).is_file()
-
-
-def text_fingerprint(clip_model: torch.nn.Module) -> str:
-    """Hash of an open_clip model's text-side weights (everything outside ``visual.``):
-    names a text tower exactly, for the text-embedding cache."""
-    h = hashlib.sha256()
-    for name, t in sorted(clip_model.state_dict().items()):
-        if not name.startswith("visual."):
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones.clip import create_clip, register_configs, text_fingerprint
+from ..backbones.clip import create_clip, register_configs, tensor_fingerprint
 from ..backbones.convnext import ClipConvNeXt
 from ..hub import ModelSpec, WeightSource
 from ..losses.criterion import SetCriterion
@@ -103,7 +103,7 @@ class FCCLIP(FCCLIPTraining, SegModel):
     # --- text side -------------------------------------------------------
     def text_tower(self):
         if self._text_ident is None:   # frozen, but a loaded checkpoint may bring its own
-            self._text_ident = f"fcclip:{self.clip_arch}:text:{text_fingerprint(self.clip)}"
+            self._text_ident = f"fcclip:{self.clip_arch}:text:{tensor_fingerprint(self.clip, exclude=('visual.',))}"
         return self.clip, self._tokenizer, self._text_ident
 
     def reset_text_cache(self) -> None:
