@@ -129,3 +129,30 @@ def scores(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tens
 def infer(model, image: torch.Tensor, text: torch.Tensor, vocab, protocol: Protocol | None = None) -> torch.Tensor:
     """Whole protocol for one image [3, H, W] in 0..1 -> [C, H, W] class scores."""
     return scores(model, encode(model, image, protocol), text, vocab)
+
+
+def _whole(model, feats: ImageFeatures, task: str):
+    if len(feats.features) != 1:
+        raise ValueError(f"{task} inference needs a whole-image pass, got {len(feats.features)} windows")
+    if not hasattr(model, task):
+        raise ValueError(f"{type(model).__name__} does not do {task} inference")
+    return feats.features[0]
+
+
+@torch.no_grad()
+def panoptic(model, feats: ImageFeatures, text: torch.Tensor, vocab, **kw) -> dict:
+    """{"pan_seg": IntTensor [H, W], "segments": [...]} at the original size (models with ``panoptic``)."""
+    return model.panoptic(_whole(model, feats, "panoptic"), text, vocab, feats.resized, feats.size, **kw)
+
+
+@torch.no_grad()
+def instances(model, feats: ImageFeatures, text: torch.Tensor, vocab, **kw) -> dict:
+    """{"masks": BoolTensor [N, H, W], "labels", "scores"} at the original size (models with ``instances``)."""
+    return model.instances(_whole(model, feats, "instances"), text, vocab, feats.resized, feats.size, **kw)
+
+
+@torch.no_grad()
+def semantic_resized(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tensor:
+    """[C, H, W] with the model's masks resized to the original size before they are
+    combined (FC-CLIP's published semantic path when panoptic inference is on)."""
+    return model.semantic(_whole(model, feats, "semantic"), text, vocab, feats.resized, feats.size)

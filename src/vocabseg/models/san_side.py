@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from ..backbones.vit import resize_pos_embed
+from ..layers.mlp import MLP
 
 
 @dataclass(frozen=True)
@@ -44,24 +45,6 @@ class SideConfig:
     mlp_layers: int = 3
     bias_heads: int = 12           # heads of CLIP's recognition blocks
     drop_path: float = 0.0
-
-
-class MLP(nn.Module):
-    """``num_layers`` affine maps with ReLU between; ``conv=True`` uses 1x1 convs
-    on [B, C, H, W] instead of Linear on [..., C]."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, conv: bool = False):
-        super().__init__()
-        dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
-        self.layers = nn.ModuleList(make(i, o) for i, o in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 class LayerNorm2d(nn.Module):

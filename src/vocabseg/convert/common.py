@@ -1,0 +1,72 @@
+"""Helpers shared by the published-checkpoint converters."""
+from __future__ import annotations
+
+import re
+
+
+def unwrap(state_dict: dict) -> dict:
+    """A detectron2 checkpoint keeps the weights under ``model``."""
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        return state_dict["model"]
+    return state_dict
+
+
+def key_listing(what: str, keys: list[str], limit: int = 12) -> str:
+    """``"; missing (3): a, b, c"`` for an error message ('' when there are no keys)."""
+    if not keys:
+        return ""
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
+
+
+class PrefixMap:
+    """Renames keys by prefix in both directions. ``pairs`` is a list of
+    (theirs, ours) prefixes in which ``{n}`` stands for a layer index; a
+    key takes the first pair whose prefix it starts with (or equals), and
+    keeps the rest of its name. ``forward`` / ``backward`` return None for a
+    key no pair explains."""
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        self._fwd = [self._compile(a, b) for a, b in pairs]
+        self._bwd = [self._compile(b, a) for a, b in pairs]
+
+    @staticmethod
+    def _compile(src: str, dst: str):
+        pattern = re.escape(src).replace(r"\{n\}", r"(?P<n>\d+)")
+        return re.compile(pattern + (r"(?P<rest>.*)$" if src.endswith(".") else r"(?P<rest>)$")), dst
+
+    @staticmethod
+    def _apply(table, key: str) -> str | None:
+        for pattern, dst in table:
+            m = pattern.match(key)
+            if m:
+                return dst.replace("{n}", m.groupdict().get("n") or "") + m.group("rest")
+        return None
+
+    def forward(self, key: str) -> str | None:
+        return self._apply(self._fwd, key)
+
+    def backward(self, key: str) -> str | None:
+        return self._apply(self._bwd, key)
+
+    def rename(self, state_dict: dict, backward: bool = False) -> tuple[dict, list[str]]:
+        """(renamed state dict, keys no pair explains)."""
+        out, unknown = {}, []
+        for k, v in state_dict.items():
+            name = self.backward(k) if backward else self.forward(k)
+            if name is None:
+                unknown.append(k)
+            else:
+                out[name] = v
+        return out, unknown
+
+
+def mismatch(expected: dict, given: dict) -> str:
+    """'' when ``given`` has exactly the keys and shapes of ``expected`` (a model's
+    state dict), else the missing / unexpected / mis-shaped keys, listed."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f"{k}: file {tuple(given[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    return (key_listing("missing", missing) + key_listing("unexpected", unexpected)
+            + key_listing("wrong shape", shapes))
