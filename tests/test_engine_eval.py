@@ -123,19 +123,21 @@ def test_a_subset_vocabulary_remaps_labels_and_segments(root):
         with_vocabulary(ds, Vocabulary.parse("person; unicorn"))
 
 
-def test_a_model_with_its_own_semantic_path_is_evaluated_through_it(root):
+def test_a_model_with_its_own_postprocessing_is_evaluated_through_it(root):
+    """Mask-classification models resize masks before combining them (``classify_at``):
+    evaluation (batched or not) must go through that path."""
     ds = get_dataset("coco-panoptic", root=root)
     model = colour_model_for(ds)
     model.tasks = ("semantic",)
     plain = evaluate(model, ds, workers=0, progress=False, limit=2)
     calls = []
 
-    def semantic_resized(m, feats, text, vocab):     # a stand-in that inverts the scores
-        calls.append(feats.size)
-        return -inference.scores(m, feats, text, vocab)
-    model.semantic = True
-    with patched(inference, semantic_resized=semantic_resized):
-        inverted = evaluate(model, ds, workers=0, progress=False, limit=2)
+    def classify_at(features, text, vocab, crop=None, size=None):   # a stand-in that inverts the scores
+        calls.append(tuple(size))
+        out = -model.classify(features, text, vocab)[..., : crop[0], : crop[1]]
+        return torch.nn.functional.interpolate(out, size=size, mode="bilinear", align_corners=False)
+    model.classify_at = classify_at
+    inverted = evaluate(model, ds, batch_size=2, workers=0, progress=False, limit=2)
     assert len(calls) == 2 and plain["miou_gt"] > 60 and inverted["miou_gt"] < 5
 
 

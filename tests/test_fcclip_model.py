@@ -81,7 +81,7 @@ def test_engine_wrappers_return_original_size(tiny):
     assert pan["pan_seg"].shape == (50, 70) and pan["pan_seg"].dtype == torch.int32
     ins = inference.instances(tiny, feats, text, vocab)
     assert ins["masks"].shape[1:] == (50, 70) and len(ins["labels"]) == len(ins["scores"]) <= 100
-    sem = inference.semantic_resized(tiny, feats, text, vocab)
+    sem = inference.scores(tiny, feats, text, vocab)
     assert sem.shape == (2, 50, 70)
     # the published semantic path of panoptic configs: masks resized before the sum
     logits = tiny.class_logits(feats.features[0], text, vocab)[0]

@@ -83,3 +83,34 @@ def test_permuting_the_vocabulary_permutes_the_scores():
     assert torch.allclose(b, a[perm], atol=1e-6)
     new_id = torch.tensor([perm.index(c) for c in range(len(perm))])   # old class id -> new id
     assert torch.equal(b.argmax(0), new_id[a.argmax(0)])
+
+
+def test_resized_size_rules():
+    from vocabseg.data.transforms import shortest_edge_size
+    from vocabseg.engine.inference import resized_size
+    assert resized_size(375, 500, 336, 2048) == (336, 448)                  # mmcv imrescale
+    assert resized_size(375, 500, 640, 2560, "detectron2") == shortest_edge_size(375, 500, 640, 2560) == (640, 853)
+    assert resized_size(100, 3000, 640, 2560, "detectron2") == (85, 2560)   # long side capped
+    assert resized_size(100, 3000, 336, 2048) == (68, 2048)
+
+
+def test_resize_backends_reproduce_pil_and_opencv_on_uint8():
+    import cv2
+    import numpy as np
+    from PIL import Image
+    from vocabseg.engine.inference import resize_short_side
+    img = (torch.rand(3, 45, 70, generator=torch.Generator().manual_seed(1)) * 255).round() / 255
+    u8 = (img * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    for short in (30, 90):                                    # down- and up-sampling
+        pil = resize_short_side(img[None], short, 1000, "pil")[0]
+        h, w = pil.shape[-2:]
+        ref = np.asarray(Image.fromarray(u8).resize((w, h), Image.BILINEAR))
+        assert torch.equal((pil * 255).round().to(torch.uint8), torch.from_numpy(ref.copy()).permute(2, 0, 1))
+        cv = resize_short_side(img[None], short, 1000, "cv2")[0]
+        ref = cv2.resize(u8, (cv.shape[-1], cv.shape[-2]), interpolation=cv2.INTER_LINEAR)
+        assert torch.equal((cv * 255).round().to(torch.uint8), torch.from_numpy(ref).permute(2, 0, 1))
+        plain = resize_short_side(img[None], short, 1000, "torch")[0]
+        if short > 45:    # upsampling: OpenCV's bilinear is the same formula, up to uint8 rounding
+            assert (plain - cv).abs().max() <= 1.01 / 255
+    with pytest.raises(ValueError, match="unknown resize backend"):
+        resize_short_side(img[None], 30, 1000, "magic")

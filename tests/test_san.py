@@ -3,7 +3,9 @@ injection, semantic inference and its invariances, test-time augmentation."""
 import dataclasses
 
 import pytest
+import numpy as np
 import torch
+from PIL import Image
 import torch.nn.functional as F
 
 from vocabseg.backbones.vit import SOS_BLOCKED, sos_attn_mask
@@ -133,7 +135,10 @@ def test_engine_pads_crops_and_resizes_like_the_reference(tiny):
     image = torch.rand(3, 50, 70)
     proto = dataclasses.replace(tiny.protocol, short_side=75, max_side=1000)   # 50x70 -> 75x105, pad to 96x128
     out = infer(tiny, image, text, vocab, proto)
-    x = F.interpolate(image[None], size=(75, 105), mode="bilinear", align_corners=False)
+    # detectron2's test resize: PIL bilinear on the uint8 image
+    u8 = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    x = torch.from_numpy(np.asarray(Image.fromarray(u8).resize((105, 75), Image.BILINEAR)).copy())
+    x = x.permute(2, 0, 1)[None].float() / 255
     padded = pad_to_multiple(normalize(x, proto), 32)
     assert padded.shape[-2:] == (96, 128)
     with torch.no_grad():

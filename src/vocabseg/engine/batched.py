@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inference import pad_to_multiple, preprocess, protocol_boxes
+from .inference import pad_to_multiple, preprocess, protocol_boxes, select
 
 
 @torch.no_grad()
@@ -34,10 +34,20 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
         by_shape.setdefault(tuple(c.shape), []).append(k)
     total: list = [None] * len(images)
     count: list = [None] * len(images)
+    done: list = [None] * len(images)
+    own_post = hasattr(model, "classify_at") and p.mode == "whole"   # as inference.scores does
     for ks in by_shape.values():
         for s in range(0, len(ks), max_crops):
             chunk = ks[s:s + max_crops]
-            out = model.classify(model.encode_image(torch.stack([crops[k][2] for k in chunk])), text, vocab)
+            feats = model.encode_image(torch.stack([crops[k][2] for k in chunk]))
+            if own_post:
+                for j, k in enumerate(chunk):
+                    i, (y0, x0, y1, x1), _ = crops[k]
+                    out = model.classify_at(select(feats, j), text, vocab, crop=(y1 - y0, x1 - x0),
+                                            size=tuple(images[i].shape[-2:]))
+                    done[i] = model.finalize(out, vocab)[0]
+                continue
+            out = model.classify(feats, text, vocab)
             for j, k in enumerate(chunk):
                 i, (y0, x0, y1, x1), _ = crops[k]
                 sc = out[j:j + 1, :, : y1 - y0, : x1 - x0]
@@ -48,6 +58,9 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
                 count[i][..., y0:y1, x0:x1] += 1
     results = []
     for i, img in enumerate(images):
+        if done[i] is not None:
+            results.append(done[i])
+            continue
         out = total[i] / count[i]
         size = tuple(img.shape[-2:])
         if tuple(out.shape[-2:]) != size:

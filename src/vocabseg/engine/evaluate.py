@@ -89,9 +89,6 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     if instance and not hasattr(inference, "instances"):
         raise NotImplementedError("the model predicts instances but vocabseg.engine.inference has no instances() yet")
 
-    # Mask-classification models that combine masks at the original size (FC-CLIP's published
-    # semantic path) offer ``model.semantic``, run through ``inference.semantic_resized``.
-    semantic = getattr(inference, "semantic_resized", None) if hasattr(model, "semantic") else None
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     dist = D.info()
     batches = D.batch_shard(n, batch_size, dist.rank, dist.world_size)
@@ -104,12 +101,10 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
                desc=f"eval {dataset.name}" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""))
     for indices, items in zip(batches, loader):
         images = [it["image"].float().div(255) for it in items]
-        if panoptic or semantic is not None:   # per image: one encoding serves every output
+        if panoptic:   # per image: one encoding serves every output
             for idx, img, it in zip(indices, images, items):
                 feats = inference.encode(model, img.to(device))
-                conf.update((semantic or inference.scores)(model, feats, text, vocab).argmax(0), it["sem_seg"])
-                if not panoptic:
-                    continue
+                conf.update(inference.scores(model, feats, text, vocab).argmax(0), it["sem_seg"])
                 pan = inference.panoptic(model, feats, text, vocab)
                 pq.update(it["pan_seg"], it["segments_info"], pan["pan_seg"].cpu(), pan["segments"])
                 if instance:

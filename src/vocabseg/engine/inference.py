@@ -6,25 +6,53 @@ Images enter as float tensors [3, H, W] in 0..1 (RGB).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import math
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..models.base import Protocol
 
 
-def resize_short_side(image: torch.Tensor, short: int, max_side: int) -> torch.Tensor:
-    """[B, 3, H, W] -> bilinear resize so min(H, W) == short and max(H, W) <= max_side."""
+def resized_size(h: int, w: int, short: int, max_side: int, rule: str = "mmcv") -> tuple[int, int]:
+    """Output (H, W) of resizing to short side ``short`` with the long side at most
+    ``max_side``, rounded as detectron2's ResizeShortestEdge (``rule="detectron2"``)
+    or mmcv's imrescale (``"mmcv"``) do."""
+    if rule == "detectron2":
+        from ..data.transforms import shortest_edge_size
+        return shortest_edge_size(h, w, short, max_side)
+    scale = min(max_side / max(h, w), short / min(h, w))
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def resize_short_side(image: torch.Tensor, short: int, max_side: int, backend: str = "torch") -> torch.Tensor:
+    """[B, 3, H, W] in 0..1 -> bilinear resize so min(H, W) == short and max(H, W) <= max_side.
+
+    ``backend`` names the published pipeline being reproduced: ``"pil"`` — detectron2
+    (SAN, FC-CLIP): PIL bilinear on the uint8 image; ``"cv2"`` — mmseg / mmcv (the
+    training-free methods, SegCLIP): OpenCV INTER_LINEAR on the uint8 image;
+    ``"torch"``: bilinear interpolation of the float image (align_corners=False).
+    """
     h, w = image.shape[-2:]
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_side:
-        scale = max_side / max(h, w)
-    nh, nw = int(round(h * scale)), int(round(w * scale))
+    nh, nw = resized_size(h, w, short, max_side, "detectron2" if backend == "pil" else "mmcv")
     if (nh, nw) == (h, w):
         return image
-    return F.interpolate(image, size=(nh, nw), mode="bilinear", align_corners=False)
+    if backend == "torch":
+        return F.interpolate(image, size=(nh, nw), mode="bilinear", align_corners=False)
+    if backend not in ("pil", "cv2"):
+        raise ValueError(f"unknown resize backend {backend!r}; use pil, cv2 or torch")
+    out = []
+    for im in (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy():
+        if backend == "pil":
+            from PIL import Image
+            im = np.asarray(Image.fromarray(im).resize((nw, nh), Image.BILINEAR))
+        else:
+            import cv2
+            im = cv2.resize(im, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        out.append(torch.from_numpy(np.ascontiguousarray(im)))
+    return torch.stack(out).permute(0, 3, 1, 2).to(image.device, image.dtype) / 255.0
 
 
 def normalize(image: torch.Tensor, protocol: Protocol) -> torch.Tensor:
@@ -78,7 +106,7 @@ class ImageFeatures:
 def preprocess(image: torch.Tensor, protocol: Protocol) -> torch.Tensor:
     """[3, H, W] in 0..1 -> [1, 3, h, w] resized and normalised (not padded)."""
     x = image.unsqueeze(0) if image.ndim == 3 else image
-    x = resize_short_side(x.float(), protocol.short_side, protocol.max_side)
+    x = resize_short_side(x.float(), protocol.short_side, protocol.max_side, protocol.resize)
     return normalize(x, protocol)
 
 
@@ -96,6 +124,20 @@ def encode(model, image: torch.Tensor, protocol: Protocol | None = None) -> Imag
         padded.append(tuple(crop.shape[-2:]))
         feats.append(model.encode_image(crop))
     return ImageFeatures(size, (h, w), boxes, padded, feats)
+
+
+def select(features, j: int):
+    """Image ``j`` of a batch of ``encode_image`` outputs (tensors, dicts, dataclasses,
+    lists / tuples of them): every tensor sliced to ``[j:j+1]``; other values kept."""
+    if isinstance(features, torch.Tensor):
+        return features[j:j + 1] if features.ndim else features
+    if isinstance(features, dict):
+        return {k: select(v, j) for k, v in features.items()}
+    if is_dataclass(features) and not isinstance(features, type):
+        return replace(features, **{f.name: select(getattr(features, f.name), j) for f in fields(features)})
+    if isinstance(features, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in features):
+        return type(features)(select(v, j) for v in features)
+    return features
 
 
 @torch.no_grad()
@@ -149,10 +191,3 @@ def panoptic(model, feats: ImageFeatures, text: torch.Tensor, vocab, **kw) -> di
 def instances(model, feats: ImageFeatures, text: torch.Tensor, vocab, **kw) -> dict:
     """{"masks": BoolTensor [N, H, W], "labels", "scores"} at the original size (models with ``instances``)."""
     return model.instances(_whole(model, feats, "instances"), text, vocab, feats.resized, feats.size, **kw)
-
-
-@torch.no_grad()
-def semantic_resized(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tensor:
-    """[C, H, W] with the model's masks resized to the original size before they are
-    combined (FC-CLIP's published semantic path when panoptic inference is on)."""
-    return model.semantic(_whole(model, feats, "semantic"), text, vocab, feats.resized, feats.size)

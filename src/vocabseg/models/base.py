@@ -41,6 +41,7 @@ class Protocol:
     stride: int = 112
     size_divisibility: int = 32
     pad_value: float = 0.0  # in normalised units; 0 is the mean colour
+    resize: str = "torch"   # "pil" (detectron2), "cv2" (mmseg) or "torch": see engine.inference.resize_short_side
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
 

@@ -45,6 +45,10 @@ from .fcclip_train import FCCLIPTraining
 TRAIN_VOCABULARY = "coco-panoptic:fcclip"
 
 
+# Benchmarks whose published FC-CLIP config runs panoptic inference, which resizes the masks
+# to the original size before the semantic sum (Mask2Former sem_seg_postprocess_before_inference).
+MASKS_FIRST = ("ade150", "ade-panoptic", "cityscapes", "coco-panoptic", "coco-stuff", "coco-object")
+
 class FCCLIP(FCCLIPTraining, SegModel):
     """``clip``: the whole open_clip ConvNeXt CLIP (frozen; its text tower encodes
     the vocabulary). ``pixel``: pixel decoder kwargs; ``decoder``: mask decoder kwargs."""
@@ -83,8 +87,9 @@ class FCCLIP(FCCLIPTraining, SegModel):
         self.criterion = SetCriterion(matcher, weights, no_object_weight, train_points, oversample_ratio,
                                       importance_sample_ratio)
         self.image_size = image_size
+        self.masks_first = True     # see classify_at / set_dataset
         self.protocol = Protocol(short_side=resolution[0], max_side=resolution[1], mode="whole",
-                                 size_divisibility=32)
+                                 size_divisibility=32, resize="pil")   # detectron2's ResizeShortestEdge
         self._text_ident: str | None = None
         for p in self.clip.parameters():
             p.requires_grad_(False)
@@ -167,11 +172,32 @@ class FCCLIP(FCCLIPTraining, SegModel):
                               align_corners=False)[0]
         return logits, post.resize_masks(masks, crop_hw, out_hw)
 
-    def semantic(self, features: dict, text: torch.Tensor, vocab: Vocabulary, crop_hw, out_hw) -> torch.Tensor:
-        """[C, H, W] at ``out_hw`` with the masks resized before the sum, as the published
-        code does when panoptic or instance inference is on (ADE-150, Cityscapes, COCO)."""
-        logits, masks = self._image_outputs(features, text, vocab, crop_hw, out_hw)
-        return post.semantic_inference(logits, masks)
+    def classify_at(self, features: dict, text: torch.Tensor, vocab: Vocabulary,
+                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """[B, C, *size] semantic scores for the image cropped to ``crop`` (before padding) and
+        resized to ``size``. With ``masks_first`` (the published panoptic configs: ADE-150,
+        Cityscapes, COCO, and the default) the mask logits are cropped and resized before
+        the sum over queries; otherwise the padded-size semantic map is (semantic-only configs)."""
+        if not self.masks_first:
+            out = self.classify(features, text, vocab)
+            out = out[..., : crop[0], : crop[1]] if crop is not None else out
+            return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False) if size else out
+        logits = self.class_logits(features, text, vocab)
+        masks = F.interpolate(features["mask_logits"], size=features["size"], mode="bilinear", align_corners=False)
+        crop = crop or tuple(masks.shape[-2:])
+        size = size or crop
+        return torch.stack([post.semantic_inference(lg, post.resize_masks(m, crop, size))
+                            for lg, m in zip(logits, masks)])
+
+    def set_dataset(self, name: str | None) -> None:
+        """Published test settings of benchmark ``name``: Cityscapes at short side 1024 (max 2560),
+        others 800 / 1333; masks resized before the semantic sum where the published config
+        runs panoptic inference (ADE-150, Cityscapes, COCO). None restores the defaults."""
+        from ..data.benchmarks import BENCHMARKS
+        if name is not None and name not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        self.set_resolution(*((1024, 2560) if name == "cityscapes" else (800, 1333)))
+        self.masks_first = name is None or name in MASKS_FIRST
 
     def panoptic(self, features: dict, text: torch.Tensor, vocab: Vocabulary, crop_hw, out_hw,
                  things: Sequence[bool] | None = None) -> dict:

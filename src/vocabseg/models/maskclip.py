@@ -122,7 +122,8 @@ class TrainingFreeCLIP(SegModel):
     # --- settings --------------------------------------------------------------
     def _use_settings(self, s: dict) -> None:
         self.protocol = Protocol(short_side=s["short_side"], max_side=s["max_side"], mode=s["mode"],
-                                 window=s["window"], stride=s["stride"], size_divisibility=1)
+                                 window=s["window"], stride=s["stride"], size_divisibility=1,
+                                 resize="cv2")   # mmseg's Resize: mmcv.imrescale, OpenCV bilinear on uint8
         self.logit_scale, self.prob_thd, self.area_thd = float(s["logit_scale"]), float(s["prob_thd"]), s["area_thd"]
         if not 0.0 <= self.prob_thd <= 1.0:
             raise ValueError(f"prob_thd is a probability in [0, 1], got {self.prob_thd}")

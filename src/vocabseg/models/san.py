@@ -86,7 +86,7 @@ class SAN(SegModel):
         matcher = HungarianMatcher(w["loss_ce"], w["loss_mask"], w["loss_dice"], train_points)
         self.criterion = SetCriterion(matcher, w, no_object_weight, train_points, oversample_ratio,
                                       importance_sample_ratio)
-        self.protocol = Protocol(short_side=640, max_side=2560, mode="whole", size_divisibility=32)
+        self.protocol = Protocol(short_side=640, max_side=2560, mode="whole", size_divisibility=32, resize="pil")
         self._text_ident: str | None = None
         self.freeze_clip()
 

@@ -86,7 +86,7 @@ class SegCLIP(SegModel):
             raise ValueError(f"unknown SegCLIP losses {sorted(unknown)}; known: {', '.join(self.loss_weights)}")
         self.loss_weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
         self.protocol = protocol or Protocol(short_side=224, max_side=2048, mode="slide", window=224, stride=224,
-                                             size_divisibility=vit.patch_size)
+                                             size_divisibility=vit.patch_size, resize="cv2")
         self._identity: str | None = None
 
     # --- text ------------------------------------------------------------------
