@@ -23,7 +23,7 @@ from .engine import inference
 from .errors import UnknownModel, UserError
 from .images import load_image
 from .optional import optional_import
-from .results import InstanceResult, PanopticResult, SemanticResult, confidence_of
+from .results import InstanceResult, PanopticResult, SemanticResult, labels_and_confidence
 from .text import TEMPLATE_SETS
 from .vocab import Vocabulary
 
@@ -157,8 +157,27 @@ class Segmenter:
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
         scores = inference.scores(self.model, self._features, text, vocab).float().cpu()
-        return SemanticResult(scores.argmax(0), confidence_of(scores), vocab, self._image,
+        return SemanticResult(*labels_and_confidence(scores), vocab, self._image,
                               scores if return_scores else None, self.name)
+
+    @torch.no_grad()
+    def predict_batch(self, images: list, vocabulary, templates=None, return_scores: bool = False,
+                      batch_size: int = 4) -> list[SemanticResult]:
+        """Semantic results for several images (paths, PIL, arrays, tensors): crops of equal
+        padded size go through the model ``batch_size`` at a time (``engine.batched``).
+        The last-image feature cache is left untouched."""
+        from .engine.batched import infer_batch
+        vocab = Vocabulary.resolve(vocabulary)
+        imgs = [load_image(im) for im in images]
+        text = self.text(vocab, templates)
+        out = infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
+                          max_crops=batch_size)
+        results = []
+        for im, scores in zip(imgs, out):
+            scores = scores.float().cpu()
+            results.append(SemanticResult(*labels_and_confidence(scores), vocab, im,
+                                          scores if return_scores else None, self.name))
+        return results
 
     def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic"):
         self.set_image(image)
