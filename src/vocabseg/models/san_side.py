@@ -107,11 +107,11 @@ class MaskDecoder(nn.Module):
             qw = torch.einsum("bqc,nck->bnqk", q, weight)
             offset = torch.einsum("bqc,nc->bnq", q, last.bias.view(self.bias_heads, c))
             bias = (qw @ z.unsqueeze(1) + offset[..., None]).view(b, self.bias_heads, -1, h, w)
-        else:
-            attn = self.attn_mlp(x).reshape(b, self.bias_heads, c, h, w)
-            bias = torch.einsum("bqc,bnchw->bnqhw", q, attn)
-        bias = self.bias_scaling(bias[..., None]).squeeze(-1)
-        return masks, bias
+            scale = self.bias_scaling                                 # Linear(1, 1) as one multiply-add
+            return masks, torch.addcmul(scale.bias, bias, scale.weight[0, 0])
+        attn = self.attn_mlp(x).reshape(b, self.bias_heads, c, h, w)
+        bias = torch.einsum("bqc,bnchw->bnqhw", q, attn)
+        return masks, self.bias_scaling(bias[..., None]).squeeze(-1)
 
 
 class SideAdapter(nn.Module):
