@@ -12,6 +12,7 @@ the final classification.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -29,6 +30,7 @@ from .vocab import Vocabulary
 
 DEFAULT_MODEL = "san-vit-b16"
 TASKS = ("semantic", "panoptic", "instance")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _converter(family: str):
@@ -88,11 +90,20 @@ def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.
 
 def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
          clip_weights: str | None = None, device: str | torch.device = "cpu",
-         templates: str | None = None) -> "Segmenter":
+         templates: str | None = None, precision: str = "fp32") -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
+    check_precision(precision, device)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
     name = model.config.get("preset", str(name_or_path)) if getattr(model, "config", None) else str(name_or_path)
-    return Segmenter(model, templates=templates, name=name)
+    return Segmenter(model, templates=templates, name=name, precision=precision)
+
+
+def check_precision(precision: str, device) -> None:
+    """fp16 / bf16 autocast is a GPU option: on CPU (no native bf16 on most) it is slower and inexact."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        raise UserError(f"precision {precision} (autocast) is for CUDA devices only; on {device} use fp32")
 
 
 class Segmenter:
@@ -100,10 +111,13 @@ class Segmenter:
 
     ``templates``: prompt template set (``single``, ``vild``, ``imagenet``) or a
     list of strings with ``{}``; default: the model's published set.
+    ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` autocast on a GPU.
     """
 
-    def __init__(self, model, templates: str | None = None, name: str = ""):
+    def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32"):
         self.model = model.eval()
+        check_precision(precision, self.device)
+        self.precision = precision
         self.name = name or getattr(model, "config", {}).get("preset", type(model).__name__)
         self.templates = templates
         self._image: torch.Tensor | None = None
@@ -120,13 +134,19 @@ class Segmenter:
     def tasks(self) -> tuple[str, ...]:
         return tuple(getattr(self.model, "tasks", ("semantic",)))
 
+    def autocast(self):
+        """The autocast context of ``precision`` (nothing for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     def set_image(self, image) -> torch.Tensor:
         """Read ``image`` (path, PIL, array, tensor) and compute its features once.
         Returns the uint8 [3, H, W] image."""
         img = load_image(image)
         key = hashlib.sha1(img.numpy().tobytes()).hexdigest() + str(tuple(img.shape))
         if key != self._key:
-            self._features = inference.encode(self.model, img.to(self.device).float() / 255.0)
+            with self.autocast():
+                self._features = inference.encode(self.model, img.to(self.device).float() / 255.0)
             self._image, self._key = img, key
         return self._image
 
@@ -149,6 +169,10 @@ class Segmenter:
         if task not in self.tasks:
             raise UserError(f"model {self.name} does not do {task} segmentation (it does: {', '.join(self.tasks)})")
         text = self.text(vocab, templates)
+        with self.autocast():
+            return self._predict(vocab, text, return_scores, task)
+
+    def _predict(self, vocab, text, return_scores, task):
         if task == "panoptic":
             out = inference.panoptic(self.model, self._features, text, vocab)
             return PanopticResult(out["pan_seg"].cpu(), out["segments"], vocab, self._image, self.name)
@@ -170,8 +194,9 @@ class Segmenter:
         vocab = Vocabulary.resolve(vocabulary)
         imgs = [load_image(im) for im in images]
         text = self.text(vocab, templates)
-        out = infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
-                          max_crops=batch_size)
+        with self.autocast():
+            out = infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
+                              max_crops=batch_size)
         results = []
         for im, scores in zip(imgs, out):
             scores = scores.float().cpu()

@@ -29,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", default="semantic", choices=["semantic", "panoptic", "instance"])
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="fp16 / bf16 autocast on a GPU (default fp32; CPU runs fp32 only)")
     p.add_argument("--save-scores", action="store_true", help="also save the [C, H, W] score map as .npy")
     p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
@@ -75,11 +77,12 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 def run(args) -> int:
     from tqdm.auto import tqdm
-    from ..api import Segmenter, load_model
+    from ..api import Segmenter, check_precision, load_model
     from ..errors import ImageError, UserError
     from ..images import list_images
     vocab = resolve_vocabulary(args)
     check_device(args.device)
+    check_precision(args.precision, args.device)
     paths = list_images(args.inputs)
     if not paths:
         raise UserError("no images found in " + ", ".join(args.inputs))
@@ -90,7 +93,7 @@ def run(args) -> int:
         distributed.init("cpu" if args.device == "cpu" else None)
     mine = list(zip(paths, stems))[rank::world]
     model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
-    seg = Segmenter(model, templates=args.templates)
+    seg = Segmenter(model, templates=args.templates, precision=args.precision)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
     if args.show_groups and not hasattr(model, "group_map"):
