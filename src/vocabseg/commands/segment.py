@@ -30,6 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--save-scores", action="store_true", help="also save the [C, H, W] score map as .npy")
     p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over short sides 320..1120 "
+                                                     "and flips (semantic task; 12x slower)")
     return p
 
 
@@ -87,6 +89,8 @@ def run(args) -> int:
     seg = Segmenter(model, templates=args.templates)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
+    if args.tta and args.task != "semantic":
+        raise UserError("--tta applies to --task semantic only")
     if args.show_groups and not hasattr(model, "group_map"):
         raise UserError(f"--show-groups needs a model with region groups (SegCLIP), not {seg.name}")
     out = Path(args.out)
@@ -94,7 +98,7 @@ def run(args) -> int:
     bar = tqdm(mine, desc="segmenting", unit="image", disable=rank != 0 or len(mine) < 2)
     for path, stem in bar:
         try:
-            result = seg(path, vocab, return_scores=args.save_scores, task=args.task)
+            result = seg(path, vocab, return_scores=args.save_scores, task=args.task, tta=args.tta)
         except ImageError as e:
             tqdm.write(f"vocabseg segment: error: {e}", file=sys.stderr)
             failed += 1
