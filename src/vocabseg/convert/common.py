@@ -5,9 +5,11 @@ import re
 
 
 def unwrap(state_dict: dict) -> dict:
-    """A detectron2 checkpoint keeps the weights under ``model``."""
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        return state_dict["model"]
+    """The weights of a loaded file: a detectron2 checkpoint keeps them under ``model``,
+    some trainers under ``state_dict``."""
+    for key in ("model", "state_dict"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            return state_dict[key]
     return state_dict
 
 

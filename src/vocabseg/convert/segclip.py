@@ -20,6 +20,8 @@ import re
 
 import torch
 
+from .common import key_listing as _listing, unwrap  # noqa: F401  (unwrap is part of this module's API)
+
 _VT = "clip.visual.transformer."
 _RENAMES = [  # (published prefix, our prefix) for the modules that are not indexed blocks
     (_VT + "semantic_layer2.", "group."),
@@ -27,14 +29,6 @@ _RENAMES = [  # (published prefix, our prefix) for the modules that are not inde
     ("vis_mae_decoder.", "decoder."),
 ]
 _CLIP_META = ("input_resolution", "context_length", "vocab_size")
-
-
-def unwrap(state_dict: dict) -> dict:
-    """A loaded file's state dict: a top-level ``model`` (or ``state_dict``) key is unwrapped."""
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            return state_dict[key]
-    return state_dict
 
 
 def detect(state_dict: dict) -> bool:
@@ -129,13 +123,6 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
     if hasattr(model, "reset_text_cache"):
         model.reset_text_cache()
     return {"filled": filled}
-
-
-def _listing(what: str, keys: list[str], limit: int = 12) -> str:
-    if not keys:
-        return ""
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
 
 
 def load_file(path: str) -> dict:
