@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from .common import key_listing as _listing, unwrap  # noqa: F401  (unwrap is part of this module's API)
+from .common import key_listing as _listing, load_file, unwrap  # noqa: F401  (unwrap is part of this module API)
 
 TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
              "logit_scale")
@@ -168,7 +168,7 @@ def load_published(model, path: str | os.PathLike, clip_weights: str | None = No
     network and ``bg_embed`` all come from the file, so ``clip_weights`` must be None."""
     if clip_weights is not None:
         raise ValueError("a published SAN file holds its own CLIP (both towers); do not pass CLIP weights")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = load_file(path)
     if not isinstance(sd, dict) or not detect(sd):
         raise ValueError(f"{path} is not a published SAN checkpoint "
                          "(expected side_adapter_network.* and clip_rec_head.* keys, maybe under 'model')")

@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from .common import key_listing as _listing, unwrap  # noqa: F401  (unwrap is part of this module's API)
+from .common import key_listing as _listing, load_file as common_load_file, unwrap  # noqa: F401
 
 _VT = "clip.visual.transformer."
 _RENAMES = [  # (published prefix, our prefix) for the modules that are not indexed blocks
@@ -127,7 +127,7 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
 
 def load_file(path: str) -> dict:
     """torch.load a published file safely (weights only)."""
-    return unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    return common_load_file(path)
 
 
 def load_published(model, path: str, clip_state_dict: dict | None = None,
