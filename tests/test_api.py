@@ -140,3 +140,16 @@ def test_half_precision_is_a_gpu_option(tiny, capsys):
     seg = Segmenter(tiny.model, precision="fp32")
     with seg.autocast():
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_tta_with_one_size_and_no_flip_is_plain_inference_at_that_size(tiny, monkeypatch):
+    from vocabseg.engine import tta
+    monkeypatch.setattr(tta, "DEFAULT_SIZES", (tiny.model.protocol.short_side,))
+    orig = tta.infer_tta
+    monkeypatch.setattr(tta, "infer_tta", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
+                                                                  flip=False, max_side=m.protocol.max_side))
+    plain = tiny(_image(), "sky; road", return_scores=True)
+    aug = tiny(_image(), "sky; road", return_scores=True, tta=True)
+    assert torch.allclose(plain.scores, aug.scores, atol=1e-5)
+    with pytest.raises(UserError, match="semantic segmentation only"):
+        tiny(_image(), "sky; road", tta=True, task="panoptic")

@@ -158,21 +158,26 @@ class Segmenter:
         return self.model.text_encoder(t).__call__(vocabulary).to(self.device)
 
     @torch.no_grad()
-    def predict(self, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic"):
+    def predict(self, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",
+                tta: bool = False):
         """Segment the image of the last ``set_image`` with ``vocabulary`` (a string
-        ``"a; b, c"``, a list of names, a file, a benchmark name or a Vocabulary)."""
+        ``"a; b, c"``, a list of names, a file, a benchmark name or a Vocabulary).
+        ``tta``: semantic scores averaged over short sides 320..1120 and their flips
+        (SAN / MaskFormer test-time augmentation; 12 passes, the image cache is not used)."""
         if self._features is None:
             raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
         vocab = Vocabulary.resolve(vocabulary)
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        if tta and task != "semantic":
+            raise UserError("test-time augmentation applies to semantic segmentation only")
         if task not in self.tasks:
             raise UserError(f"model {self.name} does not do {task} segmentation (it does: {', '.join(self.tasks)})")
         text = self.text(vocab, templates)
         with self.autocast():
-            return self._predict(vocab, text, return_scores, task)
+            return self._predict(vocab, text, return_scores, task, tta)
 
-    def _predict(self, vocab, text, return_scores, task):
+    def _predict(self, vocab, text, return_scores, task, tta):
         if task == "panoptic":
             out = inference.panoptic(self.model, self._features, text, vocab)
             return PanopticResult(out["pan_seg"].cpu(), out["segments"], vocab, self._image, self.name)
@@ -180,7 +185,11 @@ class Segmenter:
             out = inference.instances(self.model, self._features, text, vocab)
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
-        scores = inference.scores(self.model, self._features, text, vocab).float().cpu()
+        if tta:
+            from .engine.tta import infer_tta
+            scores = infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
+        else:
+            scores = inference.scores(self.model, self._features, text, vocab).float().cpu()
         return SemanticResult(*labels_and_confidence(scores), vocab, self._image,
                               scores if return_scores else None, self.name)
 
@@ -204,6 +213,7 @@ class Segmenter:
                                           scores if return_scores else None, self.name))
         return results
 
-    def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic"):
+    def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",
+                 tta: bool = False):
         self.set_image(image)
-        return self.predict(vocabulary, templates=templates, return_scores=return_scores, task=task)
+        return self.predict(vocabulary, templates=templates, return_scores=return_scores, task=task, tta=tta)

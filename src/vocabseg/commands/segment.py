@@ -35,6 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="semantic task: run N images (crops of equal padded size) through the model together")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over short sides 320..1120 "
+                                                     "and flips (semantic task; 12x slower)")
     return p
 
 
@@ -96,12 +98,14 @@ def run(args) -> int:
     seg = Segmenter(model, templates=args.templates, precision=args.precision)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
+    if args.tta and args.task != "semantic":
+        raise UserError("--tta applies to --task semantic only")
     if args.show_groups and not hasattr(model, "group_map"):
         raise UserError(f"--show-groups needs a model with region groups (SegCLIP), not {seg.name}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.batch_size > 1 and (args.task != "semantic" or args.show_groups):
-        raise UserError("--batch-size works for the semantic task without --show-groups (use --batch-size 1)")
+    if args.batch_size > 1 and (args.task != "semantic" or args.show_groups or args.tta):
+        raise UserError("--batch-size works for the semantic task without --show-groups or --tta (use --batch-size 1)")
     out = Path(args.out)
     failed = 0
     start = time.perf_counter()
@@ -115,7 +119,7 @@ def run(args) -> int:
         path, stem = group[0]
         bar.update(1)
         try:
-            result = seg(path, vocab, return_scores=args.save_scores, task=args.task)
+            result = seg(path, vocab, return_scores=args.save_scores, task=args.task, tta=args.tta)
         except ImageError as e:
             tqdm.write(f"vocabseg segment: error: {e}", file=sys.stderr)
             failed += 1

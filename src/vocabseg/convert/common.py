@@ -1,14 +1,51 @@
 """Helpers shared by the published-checkpoint converters."""
 from __future__ import annotations
 
+import os
+import pickle
 import re
+
+import numpy as np
+import torch
 
 
 def unwrap(state_dict: dict) -> dict:
-    """A detectron2 checkpoint keeps the weights under ``model``."""
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        return state_dict["model"]
+    """The weights of a loaded file: a detectron2 checkpoint keeps them under ``model``,
+    some trainers under ``state_dict``."""
+    for key in ("model", "state_dict"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            return state_dict[key]
     return state_dict
+
+
+def load_file(path: str | os.PathLike) -> dict:
+    """A published checkpoint's state dict, loaded with ``weights_only=True`` (no code
+    runs). Checkpoints converted by detectron2 tools may hold numpy arrays: those
+    (and only those) are allowed too and turned into tensors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:   # one clear line
+        raise ValueError(f"{path} is not a checkpoint that loads safely (weights only): "
+                         f"{str(e).splitlines()[0][:300]}") from None
+    sd = unwrap(obj) if isinstance(obj, dict) else None
+    if sd is None:
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
+
+
+def _numpy_globals() -> list:
+    """numpy's array reconstruction under both module names (numpy 1 pickles say
+    ``numpy.core``, numpy 2 ones ``numpy._core``), arrays, dtypes."""
+    from numpy._core.multiarray import _reconstruct
+    out = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
+    out += [type(np.dtype(t)) for t in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")]
+    return out
+
+
+_NUMPY_GLOBALS = _numpy_globals()
 
 
 def key_listing(what: str, keys: list[str], limit: int = 12) -> str:

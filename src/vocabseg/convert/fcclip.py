@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from .common import PrefixMap, key_listing, mismatch, unwrap
+from .common import PrefixMap, key_listing, load_file, mismatch, unwrap
 
 CLIP = "backbone.clip_model."
 PIX = "sem_seg_head.pixel_decoder."
@@ -124,7 +124,7 @@ def load_published(model, path: str | os.PathLike, clip_weights: str | None = No
     """Load ``fcclip_cocopan.pth`` (as distributed) into ``model``. The text
     tower the file lacks comes from open_clip: ``clip_weights`` (a tag or a
     local file), default the model's published CLIP tag."""
-    sd = unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    sd = load_file(path)
     if not detect(sd):
         raise ValueError(f"{path} is not a published FC-CLIP checkpoint "
                          f"(no {PRED}_mask_pooling_proj.* / {CLIP}* / void_embedding keys)")

@@ -24,19 +24,14 @@ import re
 
 import torch
 
+from .common import key_listing as _listing, load_file, unwrap  # noqa: F401  (unwrap is part of this module API)
+
 TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
              "logit_scale")
 STEM_KEYS = ("class_embedding", "positional_embedding", "conv1.", "ln_pre.")
 SPLIT_BY_DEPTH = {12: 9, 24: 18}   # published feature/recognition split of CLIP ViT-B (12) and ViT-L (24)
 EOS_COEF = 0.1
 TRAIN_CLASSES = 171
-
-
-def unwrap(state_dict: dict) -> dict:
-    """A detectron2 checkpoint keeps the weights under ``model``."""
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        return state_dict["model"]
-    return state_dict
 
 
 def detect(state_dict: dict) -> bool:
@@ -55,13 +50,6 @@ def _max_index(keys, prefix: str) -> int:
     """1 + the largest block index i among keys ``<prefix><i>.*`` (0 if none)."""
     idx = [int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m]
     return max(idx) + 1 if idx else 0
-
-
-def _listing(what: str, keys: list[str], limit: int = 10) -> str:
-    if not keys:
-        return ""
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
 
 
 def _our_name(k: str, v: torch.Tensor, split: int) -> str | None:
@@ -180,7 +168,7 @@ def load_published(model, path: str | os.PathLike, clip_weights: str | None = No
     network and ``bg_embed`` all come from the file, so ``clip_weights`` must be None."""
     if clip_weights is not None:
         raise ValueError("a published SAN file holds its own CLIP (both towers); do not pass CLIP weights")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = load_file(path)
     if not isinstance(sd, dict) or not detect(sd):
         raise ValueError(f"{path} is not a published SAN checkpoint "
                          "(expected side_adapter_network.* and clip_rec_head.* keys, maybe under 'model')")

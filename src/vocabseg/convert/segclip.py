@@ -20,6 +20,8 @@ import re
 
 import torch
 
+from .common import key_listing as _listing, load_file as common_load_file, unwrap  # noqa: F401
+
 _VT = "clip.visual.transformer."
 _RENAMES = [  # (published prefix, our prefix) for the modules that are not indexed blocks
     (_VT + "semantic_layer2.", "group."),
@@ -27,14 +29,6 @@ _RENAMES = [  # (published prefix, our prefix) for the modules that are not inde
     ("vis_mae_decoder.", "decoder."),
 ]
 _CLIP_META = ("input_resolution", "context_length", "vocab_size")
-
-
-def unwrap(state_dict: dict) -> dict:
-    """A loaded file's state dict: a top-level ``model`` (or ``state_dict``) key is unwrapped."""
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            return state_dict[key]
-    return state_dict
 
 
 def detect(state_dict: dict) -> bool:
@@ -131,16 +125,9 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
     return {"filled": filled}
 
 
-def _listing(what: str, keys: list[str], limit: int = 12) -> str:
-    if not keys:
-        return ""
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"; {what} ({len(keys)}): " + ", ".join(keys[:limit]) + more
-
-
 def load_file(path: str) -> dict:
     """torch.load a published file safely (weights only)."""
-    return unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    return common_load_file(path)
 
 
 def load_published(model, path: str, clip_state_dict: dict | None = None,

@@ -104,6 +104,17 @@ def track(items: Iterable, desc: str, total: int | None = None):
     return tqdm(items, desc=desc, total=total, unit="img", dynamic_ncols=True)
 
 
+def pending(items: Iterable, desc: str, dst_of: Callable, prog: Progress):
+    """(item, output path) for each item whose output does not exist yet, with a
+    progress bar; existing outputs are counted as skipped (an interrupted run resumes)."""
+    for item in track(items, desc):
+        dst = dst_of(item)
+        if dst.exists():
+            prog.skipped += 1
+            continue
+        yield item, dst
+
+
 def read_array(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.array(im)
@@ -140,11 +151,8 @@ def prepare_voc(src: Path, root: Path) -> dict:
         if not lst.exists():
             continue
         stems = [x.strip() for x in lst.read_text().splitlines() if x.strip()]
-        for stem in track(stems, f"voc {split}"):
-            dst = out / f"annotations_detectron2/{split}/{stem}.png"
-            if dst.exists():
-                prog.skipped += 1
-                continue
+        for stem, dst in pending(stems, f"voc {split}", lambda t: out / f"annotations_detectron2/{split}/{t}.png",
+                                 prog):
             save_array(dst, VOC20_LUT[read_array(src / f"SegmentationClass/{stem}.png")], prog)
     return prog.result()
 
@@ -224,11 +232,7 @@ def prepare_ade20k(src: Path, root: Path) -> dict:
     link_dir(src / "images", out / "images")
     for d in ("training", "validation"):
         files = sorted((src / "annotations" / d).glob("*.png"))
-        for f in track(files, f"ade20k {d}"):
-            dst = out / f"annotations_detectron2/{d}/{f.name}"
-            if dst.exists():
-                prog.skipped += 1
-                continue
+        for f, dst in pending(files, f"ade20k {d}", lambda f: out / f"annotations_detectron2/{d}/{f.name}", prog):
             save_array(dst, ADE150_LUT[read_array(f)], prog)
     return prog.result()
 
@@ -299,12 +303,10 @@ def prepare_cityscapes(src: Path, root: Path) -> dict:
     link_dir(src / "leftImg8bit", out / "leftImg8bit")
     for split in ("train", "val"):
         files = sorted((src / "gtFine" / split).rglob("*_gtFine_labelIds.png"))
-        for f in track(files, f"cityscapes {split}"):
+        def dst_of(f):
             rel = f.relative_to(src / "gtFine")
-            dst = out / "gtFine" / rel.parent / f.name.replace("_labelIds.png", "_labelTrainIds.png")
-            if dst.exists():
-                prog.skipped += 1
-                continue
+            return out / "gtFine" / rel.parent / f.name.replace("_labelIds.png", "_labelTrainIds.png")
+        for f, dst in pending(files, f"cityscapes {split}", dst_of, prog):
             save_array(dst, CITY_LUT[read_array(f)], prog)
     return prog.result()
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from . import idmaps
-from .prepare import Progress, atomic_write, link_dir, link_file, lookup, read_array, require, save_array, track
+from .prepare import (Progress, atomic_write, link_dir, link_file, lookup, pending, read_array, require, save_array,
+                      track)
 
 STUFF_LUT = lookup({c - 1: i for i, c in enumerate(idmaps.COCO_STUFF_IDS)}, 256, 255, np.uint8)
 OBJECT_MAP = {c: i + 1 for i, c in enumerate(idmaps.COCO_PANOPTIC_THING_IDS)}
@@ -51,11 +52,7 @@ def _convert_maps(src: Path, root: Path, lut: np.ndarray, out_dir: str, desc: st
     for split in ("train", "val"):
         _link_images(src, out, split)
         files = sorted((maps / f"{split}2017").glob("*.png"))
-        for f in track(files, f"{desc} {split}"):
-            dst = out / f"{out_dir}/{split}2017/{f.name}"
-            if dst.exists():
-                prog.skipped += 1
-                continue
+        for f, dst in pending(files, f"{desc} {split}", lambda f: out / f"{out_dir}/{split}2017/{f.name}", prog):
             save_array(dst, lut[read_array(f)], prog)
     return prog.result()
 
@@ -118,11 +115,7 @@ def prepare_coco_panoptic(src: Path, root: Path) -> dict:
                                     f"nor {zpath} exists")
         with zipfile.ZipFile(zpath) as z:
             members = [m for m in z.namelist() if m.endswith(".png")]
-            for m in track(members, f"coco-panoptic {split}"):
-                dst = out / name / Path(m).name
-                if dst.exists():
-                    prog.skipped += 1
-                    continue
+            for m, dst in pending(members, f"coco-panoptic {split}", lambda m: out / name / Path(m).name, prog):
                 atomic_write(dst, lambda p: p.write_bytes(z.read(m)))
                 prog.written += 1
     return prog.result()
