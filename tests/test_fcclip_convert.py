@@ -6,16 +6,25 @@ import torch
 from vocabseg.convert import fcclip as conv
 from vocabseg.models.fcclip import PRESETS
 
-# the tiny preset's sizes (models/fcclip.py _TINY)
-DIM, MASK_DIM, ENC, HEADS, POINTS, FFN_ENC = 32, 32, 1, 4, 2, 64
-Q, DEC_LAYERS, FFN_DEC, EMBED = 12, 3, 64, 32
-RES = (40, 80, 160, 320)          # convnext_atto res2..res5
+# the tiny preset's sizes (models/fcclip.py _TINY); RES: convnext_atto res2..res5
+TINY = dict(DIM=32, MASK_DIM=32, ENC=1, HEADS=4, POINTS=2, FFN_ENC=64, Q=12, DEC_LAYERS=3, FFN_DEC=64, EMBED=32,
+            RES=(40, 80, 160, 320))
+# the published model (fc-clip configs: MaskFormer CONVS_DIM / MASK_DIM 256, 6 deformable encoder layers of
+# 8 heads x 4 points with FFN 1024, 250 queries, DEC_LAYERS 10 = 9 decoder layers with FFN 2048) around each
+# open_clip ConvNeXt: res2..res5 channels, CLIP embedding width
+PUBLISHED = dict(DIM=256, MASK_DIM=256, ENC=6, HEADS=8, POINTS=4, FFN_ENC=1024, Q=250, DEC_LAYERS=9, FFN_DEC=2048)
+BACKBONES = {"convnext_base_w_320": ((128, 256, 512, 1024), 640),
+             "convnext_large_d_320": ((192, 384, 768, 1536), 768),
+             "convnext_xxlarge": ((384, 768, 1536, 3072), 1024)}
 TEXT_ABSENT = ("token_embedding.", "transformer.", "ln_final.")
 
 
-def published_layout(clip_sd: dict) -> dict:
-    """{published key: shape} of a detectron2 FC-CLIP model with the tiny sizes, as
+def published_layout(clip_sd: dict, sizes: dict = TINY) -> dict:
+    """{published key: shape} of a detectron2 FC-CLIP model with these sizes, as
     fcclip_cocopan.pth stores it (text transformer left out)."""
+    DIM, MASK_DIM, ENC, HEADS, POINTS, FFN_ENC = (sizes[k] for k in ("DIM", "MASK_DIM", "ENC", "HEADS", "POINTS",
+                                                                     "FFN_ENC"))
+    Q, DEC_LAYERS, FFN_DEC, EMBED, RES = (sizes[k] for k in ("Q", "DEC_LAYERS", "FFN_DEC", "EMBED", "RES"))
     shapes = {f"backbone.clip_model.{k}": tuple(v.shape) for k, v in clip_sd.items()
               if not k.startswith(TEXT_ABSENT)}
     pix = "sem_seg_head.pixel_decoder."
@@ -116,6 +125,24 @@ def test_published_layout_loads_with_no_missing_or_unexpected_keys(model):
     for k in sd:
         assert torch.equal(back[k], sd[k]), k
     assert set(conv.from_ours(ours, text_tower=True)) == set(sd) | {"backbone.clip_model." + k for k in text}
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_full_size_layout_around_each_convnext_clip(arch):
+    """The published-size model (built on the meta device: shapes only) around the base,
+    large and xxlarge ConvNeXt CLIPs has exactly the published keys and shapes."""
+    from vocabseg.models.fcclip import CLIP_VARIANTS, FCCLIP, _DECODER
+    res, embed = BACKBONES[arch]
+    assert arch in CLIP_VARIANTS
+    with torch.device("meta"):
+        full = FCCLIP(arch, decoder=_DECODER) if arch != "convnext_large_d_320" else \
+            PRESETS["fcclip-convnext-l"].build()
+    assert full.backbone.channels == res and full.backbone.embed_dim == embed
+    ours = full.state_dict()
+    expected = published_layout({k[len("clip."):]: v for k, v in ours.items() if k.startswith("clip.")},
+                                {**PUBLISHED, "EMBED": embed, "RES": res})
+    got = {k: tuple(v.shape) for k, v in conv.from_ours(ours).items()}
+    assert got == expected
 
 
 def test_detect():

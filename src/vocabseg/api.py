@@ -12,6 +12,7 @@ the final classification.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -23,12 +24,13 @@ from .engine import inference
 from .errors import UnknownModel, UserError
 from .images import load_image
 from .optional import optional_import
-from .results import InstanceResult, PanopticResult, SemanticResult, confidence_of
+from .results import InstanceResult, PanopticResult, SemanticResult, labels_and_confidence
 from .text import TEMPLATE_SETS
 from .vocab import Vocabulary
 
 DEFAULT_MODEL = "san-vit-b16"
 TASKS = ("semantic", "panoptic", "instance")
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _converter(family: str):
@@ -88,11 +90,20 @@ def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.
 
 def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
          clip_weights: str | None = None, device: str | torch.device = "cpu",
-         templates: str | None = None) -> "Segmenter":
+         templates: str | None = None, precision: str = "fp32") -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
+    check_precision(precision, device)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
     name = model.config.get("preset", str(name_or_path)) if getattr(model, "config", None) else str(name_or_path)
-    return Segmenter(model, templates=templates, name=name)
+    return Segmenter(model, templates=templates, name=name, precision=precision)
+
+
+def check_precision(precision: str, device) -> None:
+    """fp16 / bf16 autocast is a GPU option: on CPU (no native bf16 on most) it is slower and inexact."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        raise UserError(f"precision {precision} (autocast) is for CUDA devices only; on {device} use fp32")
 
 
 class Segmenter:
@@ -100,10 +111,13 @@ class Segmenter:
 
     ``templates``: prompt template set (``single``, ``vild``, ``imagenet``) or a
     list of strings with ``{}``; default: the model's published set.
+    ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` autocast on a GPU.
     """
 
-    def __init__(self, model, templates: str | None = None, name: str = ""):
+    def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32"):
         self.model = model.eval()
+        check_precision(precision, self.device)
+        self.precision = precision
         self.name = name or getattr(model, "config", {}).get("preset", type(model).__name__)
         self.templates = templates
         self._image: torch.Tensor | None = None
@@ -120,13 +134,19 @@ class Segmenter:
     def tasks(self) -> tuple[str, ...]:
         return tuple(getattr(self.model, "tasks", ("semantic",)))
 
+    def autocast(self):
+        """The autocast context of ``precision`` (nothing for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     def set_image(self, image) -> torch.Tensor:
         """Read ``image`` (path, PIL, array, tensor) and compute its features once.
         Returns the uint8 [3, H, W] image."""
         img = load_image(image)
         key = hashlib.sha1(img.numpy().tobytes()).hexdigest() + str(tuple(img.shape))
         if key != self._key:
-            self._features = inference.encode(self.model, img.to(self.device).float() / 255.0)
+            with self.autocast():
+                self._features = inference.encode(self.model, img.to(self.device).float() / 255.0)
             self._image, self._key = img, key
         return self._image
 
@@ -154,6 +174,10 @@ class Segmenter:
         if task not in self.tasks:
             raise UserError(f"model {self.name} does not do {task} segmentation (it does: {', '.join(self.tasks)})")
         text = self.text(vocab, templates)
+        with self.autocast():
+            return self._predict(vocab, text, return_scores, task, tta)
+
+    def _predict(self, vocab, text, return_scores, task, tta):
         if task == "panoptic":
             out = inference.panoptic(self.model, self._features, text, vocab)
             return PanopticResult(out["pan_seg"].cpu(), out["segments"], vocab, self._image, self.name)
@@ -166,8 +190,28 @@ class Segmenter:
             scores = infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
         else:
             scores = inference.scores(self.model, self._features, text, vocab).float().cpu()
-        return SemanticResult(scores.argmax(0), confidence_of(scores), vocab, self._image,
+        return SemanticResult(*labels_and_confidence(scores), vocab, self._image,
                               scores if return_scores else None, self.name)
+
+    @torch.no_grad()
+    def predict_batch(self, images: list, vocabulary, templates=None, return_scores: bool = False,
+                      batch_size: int = 4) -> list[SemanticResult]:
+        """Semantic results for several images (paths, PIL, arrays, tensors): crops of equal
+        padded size go through the model ``batch_size`` at a time (``engine.batched``).
+        The last-image feature cache is left untouched."""
+        from .engine.batched import infer_batch
+        vocab = Vocabulary.resolve(vocabulary)
+        imgs = [load_image(im) for im in images]
+        text = self.text(vocab, templates)
+        with self.autocast():
+            out = infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
+                              max_crops=batch_size)
+        results = []
+        for im, scores in zip(imgs, out):
+            scores = scores.float().cpu()
+            results.append(SemanticResult(*labels_and_confidence(scores), vocab, im,
+                                          scores if return_scores else None, self.name))
+        return results
 
     def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",
                  tta: bool = False):

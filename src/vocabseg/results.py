@@ -26,12 +26,17 @@ def confidence_of(scores: torch.Tensor) -> torch.Tensor:
     """[C, H, W] scores -> [H, W] confidence of the winning class in 0..1: the
     winner's share of the scores when they are non-negative (probabilities or
     SAN-style mask-weighted sums), else its softmax probability."""
+    return labels_and_confidence(scores)[1]
+
+
+def labels_and_confidence(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C, H, W] scores -> (argmax labels [H, W], ``confidence_of``), from one max over classes."""
+    best, labels = scores.max(0)
     if scores.shape[0] == 1:
-        return torch.ones(scores.shape[1:], dtype=scores.dtype)
-    if scores.min() >= 0:
-        total = scores.sum(0).clamp_min(1e-12)
-        return (scores.max(0).values / total).clamp(0, 1)
-    return scores.softmax(0).max(0).values
+        return labels, torch.ones(scores.shape[1:], dtype=scores.dtype)
+    if scores.amin() >= 0:
+        return labels, (best / scores.sum(0).clamp_min(1e-12)).clamp(0, 1)
+    return labels, 1.0 / torch.exp(scores - best).sum(0)        # the winner's softmax probability
 
 
 def _write_atomic(path: Path, write) -> None:

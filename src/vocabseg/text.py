@@ -171,18 +171,23 @@ class TextEncoder:
 
     @torch.no_grad()
     def _encode(self, names: Sequence[str]) -> torch.Tensor:
+        from . import speed, text_prefix
         prompts = [t.format(n) for n in names for t in self.templates]
         device = _device_of(self.clip_model)
-        feats = []
         bar = tqdm(total=len(prompts), desc="encoding prompts", unit="prompt",
                    disable=len(prompts) < 2000, leave=False)
-        for i in range(0, len(prompts), self.batch_size):
-            tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(device)
-            feats.append(encode_text_tokens(self.clip_model, tokens).float().cpu())
-            bar.update(tokens.shape[0])
+        if speed.fast() and text_prefix.supports(self.clip_model):    # shared prefixes computed once
+            tokens = self.tokenizer(prompts).to(device)
+            f = text_prefix.encode_shared(self.clip_model, tokens, self.batch_size, progress=bar.update).float().cpu()
+        else:
+            feats = []
+            for i in range(0, len(prompts), self.batch_size):
+                tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(device)
+                feats.append(encode_text_tokens(self.clip_model, tokens).float().cpu())
+                bar.update(tokens.shape[0])
+            f = torch.cat(feats)
         bar.close()
-        f = torch.cat(feats).view(len(names), len(self.templates), -1)
-        return average_templates(f, self.average)
+        return average_templates(f.view(len(names), len(self.templates), -1), self.average)
 
 
 def average_templates(features: torch.Tensor, average: str = "normalized") -> torch.Tensor:

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import speed
+
 STRIDES = (4, 8, 16, 32)   # of res2..res5; channels come from timm's feature_info
 
 
@@ -60,6 +62,8 @@ class ClipConvNeXt(nn.Module):
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised images [B, 3, H, W] (H, W multiples of 32) -> res2..res5 and clip_dense."""
         out = {}
+        if speed.fast():        # channels-last: the stem's output is too, and timm's NHWC permutes become free
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.trunk.stem(images)
         for i, stage in enumerate(self.trunk.stages):
             x = stage(x)

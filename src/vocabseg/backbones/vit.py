@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import speed
+
 
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1,
                      mode: str = "bicubic", offset: float | None = None) -> torch.Tensor:
@@ -55,7 +57,7 @@ def block_qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     ``x`` [B, N, C] (``ln_1`` applied here): each [B, heads, N, C/heads], q not scaled."""
     attn = block.attn
     y = block.ln_1(x)
-    qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = speed.linear(y, attn.in_proj_weight, attn.in_proj_bias)
     b, n, _ = qkv.shape
     qkv = qkv.view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     return qkv[0], qkv[1], qkv[2]
@@ -65,7 +67,7 @@ def merge_heads(block: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """[B, heads, N, d] attention output -> [B, N, C] through the block's out_proj."""
     b, h, n, d = out.shape
     out = out.transpose(1, 2).reshape(b, n, h * d)
-    return block.attn.out_proj(out)
+    return speed.linear(out, block.attn.out_proj.weight, block.attn.out_proj.bias)
 
 
 def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,6 +104,48 @@ def sos_attn_mask(bias: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def sos_compact(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``sos_attn_mask`` attention computed without the blocked entries (fast path).
+
+    ``x`` [B, 1+L, C] CLS + patch tokens entering ``blocks``, ``bias`` [B, heads, Q, L]
+    -> SOS outputs [B, Q, C] after the last block. Equal to running [SOS x Q, CLS,
+    patches] with ``sos_attn_mask``: a -100 entry weighs exp(-100) ~ 4e-44 against
+    the row's largest logit, below float32 resolution unless the blocked logit
+    exceeds the row's maximum by ~80, so
+
+    * CLS and patches run as plain CLIP blocks (they see no SOS token), and in the
+      last block only their keys and values are needed (the SOS rows read them);
+    * each SOS row attends to [itself, patches] with the bias on the patches: a
+      [Q, 1 + L] attention instead of the [Q+1+L]^2 masked one;
+    * the Q SOS tokens enter as copies of CLS: their first ``ln_1`` and q/k/v are
+      computed once.
+    """
+    b, heads, q, n = bias.shape
+    c = x.shape[-1]
+    d = c // heads
+    sos = None
+    for i, block in enumerate(blocks):
+        attn = block.attn
+        if i == len(blocks) - 1:     # last block: the patches' keys and values only
+            kv = speed.linear(block.ln_1(x[:, 1:]), attn.in_proj_weight[c:], attn.in_proj_bias[c:])
+            kp, vp = kv.view(b, n, 2, heads, d).permute(2, 0, 3, 1, 4)                  # [B, h, L, d]
+        else:                        # plain CLIP block on CLS + patches, keeping k and v
+            qx, kx, vx = block_qkv(block, x)
+            kp, vp = kx[:, :, 1:], vx[:, :, 1:]
+            out = F.scaled_dot_product_attention(qx, kx, vx)
+        src = x[:, :1] if sos is None else sos                                           # [B, 1 or Q, C]
+        qs, ks, vs = block_qkv(block, src)                                               # [B, h, 1 or Q, d]
+        logits = torch.cat([(qs * ks).sum(-1, keepdim=True), qs @ kp.transpose(-1, -2)], dim=-1) * d ** -0.5
+        logits = torch.cat([logits[..., :1].expand(b, heads, q, 1), logits[..., 1:] + bias], dim=-1)
+        w = logits.softmax(-1)
+        y = src + block.ls_1(merge_heads(block, w[..., :1] * vs + w[..., 1:] @ vp))     # [B, Q, C]
+        sos = y + block.ls_2(block.mlp(block.ln_2(y)))
+        if i < len(blocks) - 1:
+            x = x + block.ls_1(merge_heads(block, out))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return sos
+
+
 def block_with_attention(block: nn.Module, x: torch.Tensor, attention, residual: bool = True,
                          ffn: bool = True) -> torch.Tensor:
     """One open_clip block on [B, N, C] whose attention weights are replaced.
@@ -119,6 +163,11 @@ def block_with_attention(block: nn.Module, x: torch.Tensor, attention, residual:
         return out
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x))) if ffn else x
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` with a plain ``nn.MultiheadAttention`` (what ``block_forward`` runs)."""
+    return isinstance(getattr(block, "attn", None), nn.MultiheadAttention) and not hasattr(block, "ln_1_kv")
 
 
 class ClipViT(nn.Module):
@@ -166,8 +215,9 @@ class ClipViT(nn.Module):
         feats = {}
         if 0 in collect and start == 0:
             feats[0] = x
-        for i in range(start, end):
-            x = self.blocks[i](x)
+        for i in range(start, end):   # fast path: our block_forward (SDPA, speed.linear) on open_clip's weights
+            block = self.blocks[i]
+            x = block_forward(block, x) if speed.fast() and _plain_block(block) else block(x)
             if i + 1 in collect:
                 feats[i + 1] = x
         return x, feats
@@ -183,6 +233,8 @@ class ClipViT(nn.Module):
         q = bias.shape[2]
         if bias.shape[1] != self.heads or bias.shape[3] != x.shape[1] - 1:
             raise ValueError(f"bias must be [B, {self.heads}, Q, {x.shape[1] - 1}], got {tuple(bias.shape)}")
+        if speed.fast():
+            return sos_compact(self.blocks[start:], x, bias.to(x.dtype))
         mask = sos_attn_mask(bias).to(x.dtype)
         y = torch.cat([x[:, :1].expand(-1, q, -1), x], dim=1)
         for block in self.blocks[start:]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_VOCAB = "ade150"
@@ -28,8 +29,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", default="semantic", choices=["semantic", "panoptic", "instance"])
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="fp16 / bf16 autocast on a GPU (default fp32; CPU runs fp32 only)")
     p.add_argument("--save-scores", action="store_true", help="also save the [C, H, W] score map as .npy")
     p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="semantic task: run N images (crops of equal padded size) through the model together")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over short sides 320..1120 "
                                                      "and flips (semantic task; 12x slower)")
     return p
@@ -74,29 +79,45 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 def run(args) -> int:
     from tqdm.auto import tqdm
-    from ..api import Segmenter, load_model
+    from ..api import Segmenter, check_precision, load_model
     from ..errors import ImageError, UserError
     from ..images import list_images
     vocab = resolve_vocabulary(args)
     check_device(args.device)
+    check_precision(args.precision, args.device)
     paths = list_images(args.inputs)
     if not paths:
         raise UserError("no images found in " + ", ".join(args.inputs))
     stems = unique_stems(paths)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:       # a process group only to finish together: torchrun stops the others at a non-zero exit
+        from ..engine import distributed
+        distributed.init("cpu" if args.device == "cpu" else None)
     mine = list(zip(paths, stems))[rank::world]
     model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
-    seg = Segmenter(model, templates=args.templates)
+    seg = Segmenter(model, templates=args.templates, precision=args.precision)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
     if args.tta and args.task != "semantic":
         raise UserError("--tta applies to --task semantic only")
     if args.show_groups and not hasattr(model, "group_map"):
         raise UserError(f"--show-groups needs a model with region groups (SegCLIP), not {seg.name}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size > 1 and (args.task != "semantic" or args.show_groups or args.tta):
+        raise UserError("--batch-size works for the semantic task without --show-groups or --tta (use --batch-size 1)")
     out = Path(args.out)
     failed = 0
-    bar = tqdm(mine, desc="segmenting", unit="image", disable=rank != 0 or len(mine) < 2)
-    for path, stem in bar:
+    start = time.perf_counter()
+    bar = tqdm(total=len(mine), desc="segmenting", unit="image", disable=rank != 0 or len(mine) < 2)
+    for i in range(0, len(mine), args.batch_size):
+        group = mine[i:i + args.batch_size]
+        if args.batch_size > 1:
+            failed += _segment_batch(seg, group, vocab, args, out)
+            bar.update(len(group))
+            continue
+        path, stem = group[0]
+        bar.update(1)
         try:
             result = seg(path, vocab, return_scores=args.save_scores, task=args.task, tta=args.tta)
         except ImageError as e:
@@ -107,7 +128,32 @@ def run(args) -> int:
         if args.show_groups:
             from ..models.segclip import groups_image
             groups_image(model.group_map(seg._features), seg._image).save(out / f"{stem}_groups.png")
-    done = len(mine) - failed
-    print(f"vocabseg segment: {done} of {len(mine)} images written to {out}/" + (f" ({failed} failed)" if failed else ""),
-          file=sys.stderr)
+    bar.close()
+    done, seconds = len(mine) - failed, time.perf_counter() - start
+    who = f" [process {rank + 1} of {world}]" if world > 1 else ""
+    print(f"vocabseg segment{who}: {done} of {len(mine)} images written to {out}/ in {seconds:.1f} s "
+          f"({done / max(seconds, 1e-9):.2f} images/s)" + (f" ({failed} failed)" if failed else ""), file=sys.stderr)
+    if world > 1:
+        distributed.barrier()
+        distributed.cleanup()
     return 1 if failed else 0
+
+
+def _segment_batch(seg, group: list, vocab, args, out: Path) -> int:
+    """Segment (path, stem) pairs together; returns the number of unreadable images."""
+    from tqdm.auto import tqdm
+    from ..errors import ImageError
+    from ..images import load_image
+    images, stems, failed = [], [], 0
+    for path, stem in group:
+        try:
+            images.append(load_image(path))
+            stems.append(stem)
+        except ImageError as e:
+            tqdm.write(f"vocabseg segment: error: {e}", file=sys.stderr)
+            failed += 1
+    results = seg.predict_batch(images, vocab, return_scores=args.save_scores, batch_size=args.batch_size) \
+        if images else []
+    for result, stem in zip(results, stems):
+        result.save(out, stem)
+    return failed

@@ -47,7 +47,7 @@ def resize_short_side(image: torch.Tensor, short: int, max_side: int, backend: s
     for im in (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy():
         if backend == "pil":
             from PIL import Image
-            im = np.asarray(Image.fromarray(im).resize((nw, nh), Image.BILINEAR))
+            im = np.array(Image.fromarray(im).resize((nw, nh), Image.BILINEAR))   # writable
         else:
             import cv2
             im = cv2.resize(im, (nw, nh), interpolation=cv2.INTER_LINEAR)

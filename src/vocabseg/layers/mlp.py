@@ -19,9 +19,11 @@ class MLP(nn.Module):
         make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
         self.layers = nn.ModuleList(make(i, o) for i, o in zip(dims[:-1], dims[1:]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything but the last affine map: the input of ``layers[-1]``."""
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[-1](self.hidden(x))

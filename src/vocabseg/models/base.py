@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, asdict
 import torch
 import torch.nn as nn
 
+from .. import speed
 from ..backbones.clip import CLIP_MEAN, CLIP_STD
 from ..text import TextEncoder
 from ..vocab import Vocabulary
@@ -61,6 +62,14 @@ class SegModel(nn.Module):
         self.protocol = Protocol()
         self.config: dict = {}
         self._text_encoders: dict = {}
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; ``eval()`` also switches the linear layers to the
+        exact fast kernels of ``vocabseg.speed`` (a no-op with autograd on)."""
+        super().train(mode)
+        if not mode:
+            speed.use_fast_linears(self)
+        return self
 
     # --- text side -----------------------------------------------------
     def text_tower(self):

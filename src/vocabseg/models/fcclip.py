@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..backbones.clip import create_clip, register_configs, tensor_fingerprint
 from ..backbones.convnext import ClipConvNeXt
 from ..hub import ModelSpec, WeightSource
+from ..layers.mask_semantic import mask_semantic
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..vocab import Vocabulary, VocabularyError, reduce_synonyms
@@ -125,19 +126,20 @@ class FCCLIP(FCCLIPTraining, SegModel):
         return torch.cat([text.to(void), void], dim=0)
 
     # --- image side ------------------------------------------------------
-    def forward_features(self, images: torch.Tensor):
-        """-> (backbone features dict, list of (embedding, mask logits) per prediction set)."""
+    def forward_features(self, images: torch.Tensor, all_sets: bool = True):
+        """-> (backbone features dict, list of (embedding, mask logits) per prediction set;
+        only the last set unless ``all_sets``)."""
         with torch.no_grad():
             feats = self.backbone.features(images)
         mask_features, multi_scale = self.pixel_decoder(feats)
-        return feats, self.decoder(multi_scale, mask_features)
+        return feats, self.decoder(multi_scale, mask_features, all_sets=all_sets)
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> dict:
         """Normalised padded images [B, 3, H, W] -> dict(mask_logits [B, Q, H/4, W/4],
         class_emb [B, Q, D] (in-vocabulary), clip_emb [B, Q, D] (mask-pooled CLIP),
         size (H, W))."""
-        feats, outputs = self.forward_features(images)
+        feats, outputs = self.forward_features(images, all_sets=False)
         emb, masks = outputs[-1]
         clip_emb = self.backbone.pooled_embeddings(feats["clip_dense"], masks)
         return {"mask_logits": masks, "class_emb": emb, "clip_emb": clip_emb, "size": tuple(images.shape[-2:])}
@@ -182,12 +184,8 @@ class FCCLIP(FCCLIPTraining, SegModel):
             out = self.classify(features, text, vocab)
             out = out[..., : crop[0], : crop[1]] if crop is not None else out
             return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False) if size else out
-        logits = self.class_logits(features, text, vocab)
-        masks = F.interpolate(features["mask_logits"], size=features["size"], mode="bilinear", align_corners=False)
-        crop = crop or tuple(masks.shape[-2:])
-        size = size or crop
-        return torch.stack([post.semantic_inference(lg, post.resize_masks(m, crop, size))
-                            for lg, m in zip(logits, masks)])
+        prob = self.class_logits(features, text, vocab).softmax(-1)[..., :-1]
+        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size)
 
     def set_dataset(self, name: str | None) -> None:
         """Published test settings of benchmark ``name``: Cityscapes at short side 1024 (max 2560),

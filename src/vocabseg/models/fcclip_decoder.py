@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import speed
 from ..backbones.convnext import mask_pool
 from ..layers.attention import CrossAttentionBlock, FFNBlock, SelfAttentionBlock
 from ..layers.mlp import MLP
@@ -72,21 +73,29 @@ class MaskDecoder(nn.Module):
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_features)
         emb = self.class_embed(self.pool_proj(mask_pool(mask_features, masks)) + q)
         small = F.interpolate(masks, size=target_hw, mode="bilinear", align_corners=False)
-        attn = small.sigmoid().flatten(2) < 0.5
-        attn = attn.unsqueeze(1).expand(-1, self.heads, -1, -1).flatten(0, 1).detach()
-        return emb, masks, attn
+        return emb, masks, self._attn_mask(small)
 
-    def forward(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor):
+    def attn_head(self, x: torch.Tensor, small_features: torch.Tensor) -> torch.Tensor:
+        """The attention mask of ``head`` alone, from ``mask_features`` already resized to
+        the attention level (fast path): bilinear resizing is linear, so resizing the
+        [C, H, W] features and then taking query . pixel equals resizing the [Q, H, W]
+        mask logits, at a fraction of the cost."""
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(self.norm(x)), small_features)
+        return self._attn_mask(masks)
+
+    def _attn_mask(self, small: torch.Tensor) -> torch.Tensor:
+        attn = small.sigmoid().flatten(2) < 0.5
+        return attn.unsqueeze(1).expand(-1, self.heads, -1, -1).flatten(0, 1).detach()
+
+    def forward(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, all_sets: bool = True):
+        """``all_sets`` False (inference): only the last prediction set is returned and the
+        intermediate heads build just their attention masks (``attn_head``)."""
         if len(multi_scale) != self.num_levels:
             raise ValueError(f"the decoder takes {self.num_levels} feature maps, got {len(multi_scale)}")
-        b = mask_features.shape[0]
-        srcs, pos, sizes = [], [], []
-        for i, x in enumerate(multi_scale):
-            sizes.append(tuple(x.shape[-2:]))
-            pos.append(self.pe(x).flatten(2).transpose(1, 2))
-            srcs.append(x.flatten(2).transpose(1, 2) + self.level_embed.weight[i].view(1, 1, -1))
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
-        x = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        if not all_sets and speed.fast():
+            return self._forward_last(multi_scale, mask_features)
+        srcs, pos, query_pos, x = self._inputs(multi_scale)
+        sizes = [tuple(m.shape[-2:]) for m in multi_scale]
         emb, masks, attn = self.head(x, mask_features, sizes[0])
         outputs = [(emb, masks)]
         for i, layer in enumerate(self.layers):
@@ -96,6 +105,31 @@ class MaskDecoder(nn.Module):
             emb, masks, attn = self.head(x, mask_features, sizes[(i + 1) % self.num_levels])
             outputs.append((emb, masks))
         return outputs
+
+    def _inputs(self, multi_scale: list[torch.Tensor]):
+        """(memory per level [B, h*w, C] + level embedding, sine positions, query positions, query features)."""
+        b = multi_scale[0].shape[0]
+        srcs, pos = [], []
+        for i, x in enumerate(multi_scale):
+            pos.append(self.pe(x).flatten(2).transpose(1, 2))
+            srcs.append(x.flatten(2).transpose(1, 2) + self.level_embed.weight[i].view(1, 1, -1))
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        return srcs, pos, query_pos, self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+
+    def _forward_last(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor):
+        srcs, pos, query_pos, x = self._inputs(multi_scale)
+        small = [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False)
+                 for m in multi_scale]
+        attn = self.attn_head(x, small[0])
+        for i, layer in enumerate(self.layers):
+            lvl = i % self.num_levels
+            attn = attn & ~attn.all(-1, keepdim=True)
+            x = layer(x, srcs[lvl], pos[lvl], query_pos, attn)
+            if i < len(self.layers) - 1:
+                attn = self.attn_head(x, small[(i + 1) % self.num_levels])
+        q = self.norm(x)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_features)
+        return [(self.class_embed(self.pool_proj(mask_pool(mask_features, masks)) + q), masks)]
 
     def class_logits(self, emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
         """``emb`` [B, Q, D], ``classifier`` [K, D] unit rows -> [B, Q, K] scaled cosines."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..backbones.clip import create_clip, register_configs, tensor_fingerprint
 from ..backbones.vit import ClipViT
 from ..hub import ModelSpec, WeightSource
+from ..layers.mask_semantic import mask_semantic
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..vocab import Vocabulary, reduce_synonyms
@@ -176,12 +177,7 @@ class SAN(SegModel):
         (bilinear) to ``size``, then sigmoid and sum_q p(q, c) m_q — the order of
         SAN's ``sem_seg_postprocess`` before ``semantic_inference``."""
         prob = self.class_logits(features["mask_emb"], text, vocab).softmax(-1)[..., :-1]
-        masks = F.interpolate(features["mask_logits"], size=features["size"], mode="bilinear", align_corners=False)
-        if crop is not None:
-            masks = masks[..., : crop[0], : crop[1]]
-        if size is not None:
-            masks = F.interpolate(masks, size=tuple(size), mode="bilinear", align_corners=False)
-        return torch.einsum("bqc,bqhw->bchw", prob, masks.sigmoid())
+        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size)
 
     def classify(self, features: dict, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, C, H, W] semantic scores at the padded input size."""

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from .. import speed
 from ..backbones.vit import resize_pos_embed
 from ..layers.mlp import MLP
 
@@ -99,10 +100,18 @@ class MaskDecoder(nn.Module):
         pix = self.pix_mlp(x)
         b, c, h, w = pix.shape
         masks = torch.einsum("bqc,bchw->bqhw", q, pix)
+        if speed.fast():   # q . (W z + w0) = (q W) . z + q . w0: the last 1x1 conv folded into the queries
+            last = self.attn_mlp.layers[-1]
+            z = self.attn_mlp.hidden(x).flatten(2)                                      # [B, K, h*w]
+            weight = last.weight.view(self.bias_heads, c, -1)                           # [n, C, K]
+            qw = torch.einsum("bqc,nck->bnqk", q, weight)
+            offset = torch.einsum("bqc,nc->bnq", q, last.bias.view(self.bias_heads, c))
+            bias = (qw @ z.unsqueeze(1) + offset[..., None]).view(b, self.bias_heads, -1, h, w)
+            scale = self.bias_scaling                                 # Linear(1, 1) as one multiply-add
+            return masks, torch.addcmul(scale.bias, bias, scale.weight[0, 0])
         attn = self.attn_mlp(x).reshape(b, self.bias_heads, c, h, w)
         bias = torch.einsum("bqc,bnchw->bnqhw", q, attn)
-        bias = self.bias_scaling(bias[..., None]).squeeze(-1)
-        return masks, bias
+        return masks, self.bias_scaling(bias[..., None]).squeeze(-1)
 
 
 class SideAdapter(nn.Module):

@@ -1,0 +1,42 @@
+"""`vocabseg bench` end to end on tiny presets: what it measures and prints (no
+assertion on any time: speed is never tested, only reported)."""
+import json
+
+import pytest
+
+from vocabseg.cli import main
+from vocabseg.engine import bench, bench_report
+
+
+def test_model_worker_reports_a_consistent_row():
+    r = bench.work_model("fcclip-tiny", threads=1, runs=2, warmup=1, plain=True)
+    for label in ("fast", "plain"):
+        m = r[label]
+        assert len(m["runs"]) == 2 and m["latency"] == pytest.approx(m["encode"] + m["classify"], rel=0.5)
+        assert m["gflop_encode"] > 0 and m["gflop_classify"] >= 0
+    # both paths do the same arithmetic up to the skipped earlier decoder sets' masks
+    assert r["fast"]["gflop_encode"] == pytest.approx(r["plain"]["gflop_encode"], rel=0.5)
+    assert r["size"] == [r["size"][0]] * 2 and r["peak_rss_mb"] > 0
+    table = bench_report.tables({"machine": {"cpu": "x", "cpus": 2, "torch": "t"}, "threads": 1, "runs": 2,
+                                 "warmup": 1, "peak": 50.0, "peak_1_thread": 25.0, "models": [r], "text": []})
+    row = next(line for line in table.splitlines() if line.startswith("| `fcclip-tiny`"))
+    gflop = r["fast"]["gflop_encode"] + r["fast"]["gflop_classify"]
+    assert f"**{r['fast']['latency']:.2f}**" in row and f"{gflop / r['fast']['latency'] / 50.0:.0%}" in row
+
+
+def test_text_worker_encodes_then_reads_the_cache():
+    r = bench.work_text("san-tiny", "voc20", threads=1)
+    assert r["synonyms"] == 20 and r["prompts"] == 20 * 14
+    assert r["cached"] < r["uncached"] and r["prompts_per_s"] == pytest.approx(r["prompts"] / r["uncached"])
+
+
+def test_bench_command_errors_and_json(tmp_path, capsys):
+    assert main(["bench", "--models", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["bench", "--models", "san-tiny", "--runs", "0"]) == 2
+    assert "--runs" in capsys.readouterr().err
+    out = tmp_path / "r.json"
+    assert main(["bench", "--models", "--runs", "1", "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["models"] == [] and result["peak"] > 0 and result["peak_1_thread"] > 0
+    assert "Matrix-multiply peak measured in this run" in capsys.readouterr().out
