@@ -11,6 +11,8 @@ from vocabseg.errors import UserError
 from vocabseg.hub import get_spec
 from vocabseg.vocab import Vocabulary
 
+from layouts import clip_block, timm_block
+
 # (CLIP width, layers, patch, grid, embed dim, text width, text layers, split,
 #  side width, side depth, side patch, side grid, queries, fusion layers, decoder channels, bias heads)
 LAYOUTS = {
@@ -20,26 +22,6 @@ LAYOUTS = {
 }
 # Key counts of the reference model's state_dict (MendelXu/SAN built with open_clip 2.16).
 REFERENCE_KEYS = {"san-vit-b16": 442, "san-vit-l14": 586}
-
-
-def clip_block(prefix, w):
-    """open_clip ResidualAttentionBlock (MLP ratio 4)."""
-    return {f"{prefix}.ln_1.weight": (w,), f"{prefix}.ln_1.bias": (w,),
-            f"{prefix}.attn.in_proj_weight": (3 * w, w), f"{prefix}.attn.in_proj_bias": (3 * w,),
-            f"{prefix}.attn.out_proj.weight": (w, w), f"{prefix}.attn.out_proj.bias": (w,),
-            f"{prefix}.ln_2.weight": (w,), f"{prefix}.ln_2.bias": (w,),
-            f"{prefix}.mlp.c_fc.weight": (4 * w, w), f"{prefix}.mlp.c_fc.bias": (4 * w,),
-            f"{prefix}.mlp.c_proj.weight": (w, 4 * w), f"{prefix}.mlp.c_proj.bias": (w,)}
-
-
-def timm_block(prefix, w):
-    """timm ViT Block (MLP ratio 4, no layer scale)."""
-    return {f"{prefix}.norm1.weight": (w,), f"{prefix}.norm1.bias": (w,),
-            f"{prefix}.attn.qkv.weight": (3 * w, w), f"{prefix}.attn.qkv.bias": (3 * w,),
-            f"{prefix}.attn.proj.weight": (w, w), f"{prefix}.attn.proj.bias": (w,),
-            f"{prefix}.norm2.weight": (w,), f"{prefix}.norm2.bias": (w,),
-            f"{prefix}.mlp.fc1.weight": (4 * w, w), f"{prefix}.mlp.fc1.bias": (4 * w,),
-            f"{prefix}.mlp.fc2.weight": (w, 4 * w), f"{prefix}.mlp.fc2.bias": (w,)}
 
 
 def mlp(prefix, dims, conv):

@@ -9,6 +9,8 @@ from vocabseg.hub import get_spec
 from vocabseg.models.segclip import BG_THRESH, SegCLIPFeatures
 from vocabseg.vocab import Vocabulary
 
+from layouts import clip_block, ln, timm_block
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -16,59 +18,43 @@ def model():
     return get_spec("segclip-tiny").build()
 
 
-def _block(prefix, w):
-    return {f"{prefix}.ln_1.weight": [w], f"{prefix}.ln_1.bias": [w],
-            f"{prefix}.attn.in_proj_weight": [3 * w, w], f"{prefix}.attn.in_proj_bias": [3 * w],
-            f"{prefix}.attn.out_proj.weight": [w, w], f"{prefix}.attn.out_proj.bias": [w],
-            f"{prefix}.ln_2.weight": [w], f"{prefix}.ln_2.bias": [w],
-            f"{prefix}.mlp.c_fc.weight": [4 * w, w], f"{prefix}.mlp.c_fc.bias": [4 * w],
-            f"{prefix}.mlp.c_proj.weight": [w, 4 * w], f"{prefix}.mlp.c_proj.bias": [w]}
-
-
-def _ln(prefix, w):
-    return {f"{prefix}.weight": [w], f"{prefix}.bias": [w]}
-
-
 def published_layout(W=48, heads=3, layers=4, split=2, T=32, text_layers=2, D=32, vocab=49408, ctx=77,
                      patch=16, grid=4, centers=8):
     """Key -> shape of ArrowLuo/SegCLIP's ``SegCLIP.state_dict()`` (written from its module structure)."""
     k = {"clip.positional_embedding": [ctx, T], "clip.text_projection": [T, D], "clip.logit_scale": [],
-         "clip.token_embedding.weight": [vocab, T], **_ln("clip.ln_final", T),
+         "clip.token_embedding.weight": [vocab, T], **ln("clip.ln_final", T),
          "clip.visual.class_embedding": [W], "clip.visual.positional_embedding": [grid * grid + 1, W],
-         "clip.visual.conv1.weight": [W, 3, patch, patch], **_ln("clip.visual.ln_pre", W),
-         **_ln("clip.visual.ln_post", W), "clip.visual.proj": [W, D]}
+         "clip.visual.conv1.weight": [W, 3, patch, patch], **ln("clip.visual.ln_pre", W),
+         **ln("clip.visual.ln_post", W), "clip.visual.proj": [W, D]}
     for i in range(text_layers):
-        k.update(_block(f"clip.transformer.resblocks.{i}", T))
+        k.update(clip_block(f"clip.transformer.resblocks.{i}", T))
     vt = "clip.visual.transformer"
     for i in range(split):
-        k.update(_block(f"{vt}.layers0.{i}", W))
+        k.update(clip_block(f"{vt}.layers0.{i}", W))
     for i in range(layers - split):
-        k.update(_block(f"{vt}.layers2.{i}", W))
-        k.update(_block(f"{vt}.layers_mae2.{i}", W))
+        k.update(clip_block(f"{vt}.layers2.{i}", W))
+        k.update(clip_block(f"{vt}.layers_mae2.{i}", W))
     s = f"{vt}.semantic_layer2"
-    k.update({**_ln(f"{s}.norm", W), f"{s}.semantic_center": [centers, W], **_ln(f"{s}.cross_ln", W),
-              f"{s}.k_conv.weight": [W, W // heads, 1], **_ln(f"{s}.k_ln", W), f"{s}.v_conv.weight": [W, W // heads, 1],
-              **_ln(f"{s}.proj_o.ln", W), f"{s}.proj_o.mlp.fc1.weight": [4 * W, W], f"{s}.proj_o.mlp.fc1.bias": [4 * W],
+    k.update({**ln(f"{s}.norm", W), f"{s}.semantic_center": [centers, W], **ln(f"{s}.cross_ln", W),
+              f"{s}.k_conv.weight": [W, W // heads, 1], **ln(f"{s}.k_ln", W), f"{s}.v_conv.weight": [W, W // heads, 1],
+              **ln(f"{s}.proj_o.ln", W), f"{s}.proj_o.mlp.fc1.weight": [4 * W, W], f"{s}.proj_o.mlp.fc1.bias": [4 * W],
               f"{s}.proj_o.mlp.fc2.weight": [W, 4 * W], f"{s}.proj_o.mlp.fc2.bias": [W]})
     for i in range(2):
         c = f"{s}.cross_att.{i}"
         k.update({f"{c}.attn.in_proj_weight": [3 * W, W], f"{c}.attn.in_proj_bias": [3 * W],
-                  f"{c}.attn.out_proj.weight": [W, W], f"{c}.attn.out_proj.bias": [W], **_ln(f"{c}.ln_x", W),
-                  **_ln(f"{c}.ln_k", W), **_ln(f"{c}.ln_2", W), f"{c}.mlp.c_fc.weight": [4 * W, W],
+                  f"{c}.attn.out_proj.weight": [W, W], f"{c}.attn.out_proj.bias": [W], **ln(f"{c}.ln_x", W),
+                  **ln(f"{c}.ln_k", W), **ln(f"{c}.ln_2", W), f"{c}.mlp.c_fc.weight": [4 * W, W],
                   f"{c}.mlp.c_fc.bias": [4 * W], f"{c}.mlp.c_proj.weight": [W, 4 * W], f"{c}.mlp.c_proj.bias": [W]})
     k.update({f"{vt}.reconstruct_layer2.rec_proj_a.a_fc.weight": [centers, centers],
               f"{vt}.reconstruct_layer2.rec_proj_a.a_fc.bias": [centers]})
     d = W // 2
     m = "vis_mae_decoder"
     k.update({f"{m}.decoder_embed.weight": [d, W], f"{m}.decoder_embed.bias": [d], f"{m}.mask_token": [1, 1, d],
-              f"{m}.decoder_pos_embed": [1, grid * grid + 1, d], **_ln(f"{m}.decoder_norm", d),
+              f"{m}.decoder_pos_embed": [1, grid * grid + 1, d], **ln(f"{m}.decoder_norm", d),
               f"{m}.decoder_pred.weight": [patch * patch * 3, d], f"{m}.decoder_pred.bias": [patch * patch * 3]})
     for i in range(3):
         b = f"{m}.decoder_blocks.{i}"
-        k.update({**_ln(f"{b}.norm1", d), f"{b}.attn.qkv.weight": [3 * d, d], f"{b}.attn.qkv.bias": [3 * d],
-                  f"{b}.attn.proj.weight": [d, d], f"{b}.attn.proj.bias": [d], **_ln(f"{b}.norm2", d),
-                  f"{b}.mlp.fc1.weight": [4 * d, d], f"{b}.mlp.fc1.bias": [4 * d],
-                  f"{b}.mlp.fc2.weight": [d, 4 * d], f"{b}.mlp.fc2.bias": [d]})
+        k.update(timm_block(b, d))
     return k
 
 
