@@ -66,6 +66,12 @@ def tensor_fingerprint(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -
     return h.hexdigest()[:16]
 
 
+def text_dim(clip: torch.nn.Module) -> int:
+    """Width of the joint embedding space (``text_projection`` is a Parameter or a Linear)."""
+    proj = clip.text_projection
+    return int(proj.shape[-1]) if torch.is_tensor(proj) else int(proj.out_features)
+
+
 def create_clip(arch: str, weights: str | None = None, device: str | torch.device = "cpu",
                 quick_gelu: bool | None = None):
     """(model, tokenizer, identity). Raises WeightsNotFound with instructions

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import speed
+from .clip import text_dim
 
 STRIDES = (4, 8, 16, 32)   # of res2..res5; channels come from timm's feature_info
 
@@ -48,8 +49,7 @@ class ClipConvNeXt(nn.Module):
             raise ValueError("ClipConvNeXt needs an open_clip timm ConvNeXt (visual.trunk with 4 stages)")
         self.__dict__["visual"] = visual       # a view: no second copy of the weights in state_dict
         self.channels = tuple(int(f["num_chs"]) for f in trunk.feature_info)
-        self.embed_dim = int(clip.text_projection.shape[-1]) if torch.is_tensor(clip.text_projection) \
-            else int(clip.text_projection.out_features)
+        self.embed_dim = text_dim(clip)
 
     @property
     def trunk(self) -> nn.Module:

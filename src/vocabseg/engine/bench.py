@@ -75,7 +75,8 @@ def wait_idle(limit: float, max_wait: float = 1800.0, log=print) -> float:
     return busy
 
 
-def _median_time(fn, runs: int, warmup: int) -> list[float]:
+def _run_times(fn, runs: int, warmup: int) -> list[float]:
+    """Seconds of each of ``runs`` calls of ``fn()`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -116,11 +117,6 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _text_dim(model) -> int:
-    proj = model.clip.text_projection
-    return int(proj.shape[-1]) if torch.is_tensor(proj) else int(proj.out_features)
-
-
 def bench_vocabulary(name: str):
     from ..hub import get_spec
     from ..vocab import Vocabulary
@@ -131,20 +127,21 @@ def bench_vocabulary(name: str):
 def work_peak(threads: int, size: int = 2048, runs: int = 5) -> dict:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    times = _median_time(lambda: torch.mm(a, b), runs, 2)
+    times = _run_times(lambda: torch.mm(a, b), runs, 2)
     return {"threads": threads, "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
 
 
 @torch.no_grad()
 def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool) -> dict:
     from .. import speed
+    from ..backbones.clip import text_dim
     from ..hub import get_spec
     from . import inference
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = get_spec(name).build(clip_weights=None).eval().requires_grad_(False)   # (the FLOP counter's module
     vocab = bench_vocabulary(name)                                                   # hooks need no autograd)
-    text = torch.nn.functional.normalize(torch.randn(len(vocab.prompts), _text_dim(model)), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(len(vocab.prompts), text_dim(model.clip)), dim=-1)
     p = model.protocol
     image = torch.rand(3, p.short_side, p.short_side, generator=torch.Generator().manual_seed(0))
     out = {"model": name, "size": [p.short_side, p.short_side], "vocabulary": f"{len(vocab)} classes, "
@@ -163,7 +160,7 @@ def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool) -> 
                 inference.scores(model, feats, text, vocab)
                 enc.append(t1 - t)
                 cls.append(time.perf_counter() - t1)
-            _median_time(once, runs, warmup)
+            _run_times(once, runs, warmup)
             enc, cls = enc[warmup:], cls[warmup:]
             total = [a + b for a, b in zip(enc, cls)]
             out[label] = {"latency": statistics.median(total), "encode": statistics.median(enc),
@@ -193,18 +190,12 @@ def work_text(name: str, vocab_name: str, threads: int, templates: str = "vild")
         t = time.perf_counter()
         enc(vocab)
         uncached = time.perf_counter() - t
-        cached = [_timed(lambda: TextEncoder(clip, tokenizer, ident, templates, average=model.text_average)(vocab))
-                  for _ in range(5)]
+        cached = _run_times(lambda: TextEncoder(clip, tokenizer, ident, templates,
+                                                  average=model.text_average)(vocab), runs=5, warmup=0)
     prompts = len(vocab.prompts) * len(enc.templates)
     return {"model": name, "vocabulary": vocab_name, "synonyms": len(vocab.prompts), "prompts": prompts,
             "templates": templates, "uncached": uncached, "prompts_per_s": prompts / uncached,
             "cached": statistics.median(cached), "identity": identity, "threads": threads}
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 WORKERS = {"peak": work_peak, "model": work_model, "text": work_text}
