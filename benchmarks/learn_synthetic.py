@@ -69,7 +69,6 @@ class HeldOutShapes:
 
 def trainable_tiny_presets() -> list[str]:
     """Tiny (test-only) presets whose model has ``forward_train``."""
-    import importlib
     out = []
     for name, spec in all_specs(include_test=True).items():
         if spec.test_only:

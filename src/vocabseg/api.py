@@ -12,7 +12,6 @@ the final classification.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from .checkpoint import is_checkpoint, load_checkpoint
 from .engine import inference
+from .engine.precision import PRECISIONS, autocast
 from .errors import UnknownModel, UserError
 from .images import load_image
 from .optional import optional_import
@@ -30,7 +30,6 @@ from .vocab import Vocabulary
 
 DEFAULT_MODEL = "san-vit-b16"
 TASKS = ("semantic", "panoptic", "instance")
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _converter(family: str):
@@ -136,8 +135,7 @@ class Segmenter:
 
     def autocast(self):
         """The autocast context of ``precision`` (nothing for fp32)."""
-        dtype = PRECISIONS[self.precision]
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        return autocast(self.device.type, self.precision)
 
     def set_image(self, image) -> torch.Tensor:
         """Read ``image`` (path, PIL, array, tensor) and compute its features once.

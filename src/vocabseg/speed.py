@@ -22,8 +22,7 @@ The fast paths (see each function's docstring):
 * Text: prompts sharing a token prefix (a template's words before the name)
   compute it once, and the last block runs only the end-of-text row
   (``text.encode_prompts``).
-* Everywhere: a resize to the size a map already has is skipped (bilinear with
-  ``align_corners=False`` at scale 1 is the identity); inference-time affine maps
+* Everywhere: inference-time affine maps
   on CPU float32 run oneDNN's matrix multiply (``linear``), which this CPU kind
   runs 10-40 % faster than the default BLAS call for the token counts here
   (M = 100..2500 rows); ``SegModel.eval()`` switches a model's ``nn.Linear``
@@ -56,15 +55,6 @@ def plain_paths():
         yield
     finally:
         _FAST = saved
-
-
-def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
-    """``F.interpolate(x, size, mode="bilinear", align_corners=False)``, skipped when
-    ``x`` [..., H, W] already has ``size`` (at scale 1 that resize is the identity)."""
-    size = tuple(int(s) for s in size)
-    if fast() and tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -54,6 +54,7 @@ def run(args) -> int:
     from ..cli import UserError
     from ..data import get_dataset
     from ..engine import distributed as D
+    from ..engine.checkpoint import atomic_write_text
     from ..engine.evaluate import evaluate, summary_lines
     from ..text import TEMPLATE_SETS
     if args.limit is not None and args.limit < 1:
@@ -86,9 +87,7 @@ def run(args) -> int:
                     out = Path(args.out)
                     out.mkdir(parents=True, exist_ok=True)
                     path = out / f"eval_{name}_{ds.name}.json"
-                    tmp = path.with_suffix(".json.tmp")
-                    tmp.write_text(json.dumps(result, indent=1))
-                    tmp.replace(path)
+                    atomic_write_text(path, json.dumps(result, indent=1))
                     print(f"  wrote {path}", flush=True)
     finally:
         D.cleanup()

@@ -48,6 +48,12 @@ def _numpy_globals() -> list:
 _NUMPY_GLOBALS = _numpy_globals()
 
 
+def block_count(keys, prefix: str) -> int:
+    """1 + the largest block index i among keys ``<prefix><i>.*`` (0 if none)."""
+    idx = [int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m]
+    return max(idx) + 1 if idx else 0
+
+
 def key_listing(what: str, keys: list[str], limit: int = 12) -> str:
     """``"; missing (3): a, b, c"`` for an error message ('' when there are no keys)."""
     if not keys:

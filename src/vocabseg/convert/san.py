@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from .common import key_listing as _listing, load_file, unwrap  # noqa: F401  (unwrap is part of this module API)
+from .common import block_count, key_listing as _listing, load_file, unwrap  # noqa: F401  (unwrap is part of this module API)
 
 TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
              "logit_scale")
@@ -44,12 +44,6 @@ def detect(state_dict: dict) -> bool:
 def causal_mask(n: int) -> torch.Tensor:
     """open_clip's text attention mask: -inf above the diagonal, 0 elsewhere."""
     return torch.full((n, n), float("-inf")).triu_(1)
-
-
-def _max_index(keys, prefix: str) -> int:
-    """1 + the largest block index i among keys ``<prefix><i>.*`` (0 if none)."""
-    idx = [int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m]
-    return max(idx) + 1 if idx else 0
 
 
 def _our_name(k: str, v: torch.Tensor, split: int) -> str | None:
@@ -86,7 +80,7 @@ def to_ours(state_dict: dict, origin: dict | None = None) -> dict:
     every key it cannot place, or a constant (``criterion.empty_weight``,
     ``ov_classifier.attn_mask``) that is not what SAN builds."""
     sd = unwrap(state_dict)
-    split = _max_index(sd, "clip_visual_extractor.resblocks.")
+    split = block_count(sd, "clip_visual_extractor.resblocks.")
     if split == 0:
         raise ValueError("not a SAN checkpoint: no clip_visual_extractor.resblocks.* keys")
     out, unknown = {}, []
@@ -107,7 +101,7 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
     """Our key names -> the published layout (``ov_classifier.attn_mask`` and
     ``criterion.empty_weight`` for ``num_train_classes`` rebuilt). ``split`` defaults to 9 for 12-block and 18 for
     24-block CLIP ViTs."""
-    depth = _max_index(state_dict, "clip.visual.transformer.resblocks.")
+    depth = block_count(state_dict, "clip.visual.transformer.resblocks.")
     if split is None:
         if depth not in SPLIT_BY_DEPTH:
             raise ValueError(f"give split for a {depth}-block CLIP (known: {SPLIT_BY_DEPTH})")
@@ -146,7 +140,7 @@ def load_state_dict(model, state_dict: dict) -> None:
     unexpected key, a different CLIP split or a shape mismatch is an error."""
     origin: dict = {}
     ours = to_ours(state_dict, origin)
-    split = _max_index(unwrap(state_dict), "clip_visual_extractor.resblocks.")
+    split = block_count(unwrap(state_dict), "clip_visual_extractor.resblocks.")
     if split != model.split:
         raise ValueError(f"the checkpoint splits CLIP after block {split}, the model after {model.split}: "
                          "is it the right preset (san-vit-b16 / san-vit-l14)?")

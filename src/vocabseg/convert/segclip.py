@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from .common import key_listing as _listing, load_file as common_load_file, unwrap  # noqa: F401
+from .common import block_count, key_listing as _listing, load_file, unwrap
 
 _VT = "clip.visual.transformer."
 _RENAMES = [  # (published prefix, our prefix) for the modules that are not indexed blocks
@@ -36,15 +36,10 @@ def detect(state_dict: dict) -> bool:
     return any(k.startswith(_VT + "semantic_layer2.") for k in unwrap(state_dict))
 
 
-def _split_of(keys, prefix: str) -> int:
-    idx = {int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
-    return max(idx) + 1 if idx else 0
-
-
 def to_ours(state_dict: dict) -> dict:
     """Published names -> ours (tensors shared, not copied)."""
     sd = unwrap(state_dict)
-    split = _split_of(sd, _VT + "layers0.")
+    split = block_count(sd, _VT + "layers0.")
     out = {}
     for k, v in sd.items():
         m = re.match(re.escape(_VT) + r"(layers0|layers2|layers_mae2)\.(\d+)\.(.*)", k)
@@ -66,8 +61,8 @@ def to_ours(state_dict: dict) -> dict:
 
 def from_ours(state_dict: dict) -> dict:
     """Ours -> published names. ``split`` = visual blocks minus MAE blocks."""
-    total = _split_of(state_dict, _VT + "resblocks.")
-    split = total - _split_of(state_dict, "mae_blocks.")
+    total = block_count(state_dict, _VT + "resblocks.")
+    split = total - block_count(state_dict, "mae_blocks.")
     out = {}
     for k, v in state_dict.items():
         m = re.match(re.escape(_VT) + r"resblocks\.(\d+)\.(.*)", k)
@@ -123,11 +118,6 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
     if hasattr(model, "reset_text_cache"):
         model.reset_text_cache()
     return {"filled": filled}
-
-
-def load_file(path: str) -> dict:
-    """torch.load a published file safely (weights only)."""
-    return common_load_file(path)
 
 
 def load_published(model, path: str, clip_state_dict: dict | None = None,

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from .precision import PRECISIONS
 
 
 class ConfigError(UserError, ValueError):
@@ -59,7 +60,7 @@ REQUIRED = {"model": ["preset"], "data": ["train"], "optim": ["lr"], "train": ["
 CHOICES = {("optim", "name"): ("adamw", "adam", "sgd"),
            ("optim", "clip_grad_type"): ("full_model", "norm", "value"),
            ("schedule", "name"): ("constant", "poly", "multistep", "warmup_cosine"),
-           ("train", "precision"): ("fp32", "fp16", "bf16")}
+           ("train", "precision"): tuple(PRECISIONS)}
 
 
 class _Loader(yaml.SafeLoader):

@@ -83,11 +83,6 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     text = text.to(device)
     panoptic = getattr(dataset, "task", "semantic") == "panoptic" and "panoptic" in _tasks(model)
     instance = panoptic and "instance" in _tasks(model)
-    if panoptic and not hasattr(inference, "panoptic"):
-        raise NotImplementedError("the model predicts panoptic segments but vocabseg.engine.inference has no "
-                                  "panoptic() yet")
-    if instance and not hasattr(inference, "instances"):
-        raise NotImplementedError("the model predicts instances but vocabseg.engine.inference has no instances() yet")
 
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     dist = D.info()

@@ -23,7 +23,6 @@ import json
 import math
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,11 +33,11 @@ from . import distributed as D
 from .checkpoint import last_checkpoint, load_training_state, preserved_rng, rng_state, save_training_state, \
     seed_all, set_rng_state
 from .optim import build_optimizer, clip_gradients, param_groups
+from .precision import autocast
 from .schedule import Schedule
 from .subset import with_vocabulary
 from .train_data import EpochBatches, SeededTransform, build_sources, concat, make_loader
 
-PRECISION = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def build_model(mcfg: dict):
@@ -228,8 +227,8 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
     total = s_cfg["iterations"] or math.ceil(s_cfg["epochs"] * per_epoch)
     schedule = Schedule.from_config(s_cfg, total)
     optimizer = build_optimizer(param_groups(model, cfg), o_cfg)
-    dtype = PRECISION[t_cfg["precision"]]
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype is torch.float16)
+    precision = t_cfg["precision"]
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
 
     start = 0
     if resume:
@@ -278,7 +277,7 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
             loader = make_loader(data, batches, workers, pin=dist.device.type == "cuda")
             for items in loader:
                 schedule.apply(optimizer, it)
-                with torch.autocast(dist.device.type, dtype=dtype) if dtype else nullcontext():
+                with autocast(dist.device.type, precision):
                     losses = step(items, vocab)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):

@@ -105,11 +105,6 @@ class EpochBatches:
     def __len__(self) -> int:
         return max(self.n // self.batch - self.start, 0)
 
-    def global_batch(self, k: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
-        return perm[k * self.batch:(k + 1) * self.batch].tolist()
-
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g).tolist()
