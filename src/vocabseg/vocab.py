@@ -171,6 +171,13 @@ def _clean(s: str) -> str:
     return " ".join(s.strip().split())
 
 
+def per_class_keep_last(logits: torch.Tensor, vocab: "Vocabulary") -> torch.Tensor:
+    """[..., S + 1] synonym logits with a last no-object / void column -> [..., C + 1]
+    (max over each class's synonyms; the last column kept)."""
+    per_class = reduce_synonyms(logits[..., :-1], vocab.synonym_index, len(vocab), dim=-1)
+    return torch.cat([per_class, logits[..., -1:]], dim=-1)
+
+
 def reduce_synonyms(logits: torch.Tensor, synonym_index: torch.Tensor, num_classes: int,
                     dim: int = 1) -> torch.Tensor:
     """Max over each class's synonyms: ``logits`` has S entries along ``dim``;

@@ -30,6 +30,11 @@ from ..text import TextEncoder
 from ..vocab import Vocabulary
 
 
+# detectron2's norm_module_types: the layers SAN's and FC-CLIP's optimisers give ``weight_decay_norm``
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
+
+
 @dataclass
 class Protocol:
     """Test-time protocol: resize so the short side is ``short_side`` (long side

@@ -36,7 +36,7 @@ from ..hub import ModelSpec, WeightSource
 from ..layers.mask_semantic import mask_semantic
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
-from ..vocab import Vocabulary, VocabularyError, reduce_synonyms
+from ..vocab import Vocabulary, VocabularyError, per_class_keep_last
 from . import fcclip_postprocess as post
 from .base import Protocol, SegModel
 from .fcclip_decoder import MaskDecoder
@@ -146,12 +146,12 @@ class FCCLIP(FCCLIPTraining, SegModel):
 
     def in_vocab_logits(self, emb: torch.Tensor, classifier: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, Q, D] decoder embeddings -> [B, Q, C + 1] (max over synonyms, void last)."""
-        return _per_class(self.decoder.class_logits(emb, classifier), vocab)
+        return per_class_keep_last(self.decoder.class_logits(emb, classifier), vocab)
 
     def out_vocab_logits(self, clip_emb: torch.Tensor, classifier: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, Q, D] pooled CLIP embeddings -> [B, Q, C + 1], scaled by CLIP's own logit scale."""
         scale = self.clip.logit_scale.exp().clamp(max=100)
-        return _per_class(scale * F.normalize(clip_emb, dim=-1) @ classifier.t().to(clip_emb.dtype), vocab)
+        return per_class_keep_last(scale * F.normalize(clip_emb, dim=-1) @ classifier.t().to(clip_emb.dtype), vocab)
 
     def class_logits(self, features: dict, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, Q, C + 1] final class logits (ensemble, void rescaled; softmax gives probabilities)."""
@@ -258,12 +258,6 @@ def benchmark_things(names: tuple[str, ...]) -> tuple[bool, ...] | None:
             if tuple(ref.names) == names:
                 return tuple(i in things for i in range(len(names)))
     return None
-
-
-def _per_class(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-    """[..., S + 1] synonym logits (void last) -> [..., C + 1] (max over each class's synonyms)."""
-    per_class = reduce_synonyms(logits[..., :-1], vocab.synonym_index, len(vocab), dim=-1)
-    return torch.cat([per_class, logits[..., -1:]], dim=-1)
 
 
 # --- presets -------------------------------------------------------------------

@@ -32,17 +32,15 @@ from ..hub import ModelSpec, WeightSource
 from ..layers.mask_semantic import mask_semantic
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
-from ..vocab import Vocabulary, reduce_synonyms
-from .base import Protocol, SegModel
+from ..vocab import Vocabulary, per_class_keep_last
+from .base import NORM_TYPES, Protocol, SegModel
 from .san_side import SideAdapter, SideConfig
 
 # SAN's build_optimizer: weight decay ``weight_decay_embed`` for parameters whose
 # name holds one of these (SOLVER.WEIGHT_DECAY_EMBED_GROUP) and
-# ``weight_decay_norm`` for torch norm modules (detectron2's norm_module_types).
+# ``weight_decay_norm`` for ``base.NORM_TYPES`` (detectron2's norm_module_types).
 EMBED_NAMES = ("absolute_pos_embed", "positional_embedding", "pos_embed", "query_embed",
                "relative_position_bias_table")
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
 TRANSFORM_KEYS = ("crop_size", "short_sizes", "max_size", "cat_max_ratio", "color_aug", "ignore_index")
 
 
@@ -166,9 +164,7 @@ class SAN(SegModel):
         """``emb`` [B, Q, D], ``text`` [S, D] synonym embeddings -> [B, Q, C+1]
         logits (class = max over its synonyms; last column = no object)."""
         cls = F.normalize(torch.cat([text.to(emb), self.bg_embed.to(emb)], dim=0), dim=-1)
-        logits = emb @ (self.clip.logit_scale.exp() * cls).T
-        per_class = reduce_synonyms(logits[..., :-1], vocab.synonym_index.to(emb.device), len(vocab), dim=-1)
-        return torch.cat([per_class, logits[..., -1:]], dim=-1)
+        return per_class_keep_last(emb @ (self.clip.logit_scale.exp() * cls).T, vocab)
 
     def classify_at(self, features: dict, text: torch.Tensor, vocab: Vocabulary,
                     crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
