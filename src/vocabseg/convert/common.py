@@ -48,6 +48,24 @@ def _numpy_globals() -> list:
 _NUMPY_GLOBALS = _numpy_globals()
 
 
+# open_clip text-tower keys (SAN's file keeps them under ov_classifier.; FC-CLIP's lacks the first three groups)
+CLIP_TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
+                  "logit_scale")
+EOS_COEF = 0.1      # Mask2Former's no-object class weight: criterion.empty_weight is ones, then this
+
+
+def wrong_empty_weight(v: torch.Tensor) -> bool:
+    """True unless ``criterion.empty_weight`` is ones then ``EOS_COEF`` (a constant of training)."""
+    return v.ndim != 1 or not torch.all(v[:-1] == 1) or abs(float(v[-1]) - EOS_COEF) > 1e-6
+
+
+def empty_weight(num_classes: int) -> torch.Tensor:
+    """``criterion.empty_weight`` of ``num_classes`` training classes."""
+    weight = torch.ones(num_classes + 1)
+    weight[-1] = EOS_COEF
+    return weight
+
+
 def block_count(keys, prefix: str) -> int:
     """1 + the largest block index i among keys ``<prefix><i>.*`` (0 if none)."""
     idx = [int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m]

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import os
 
-import torch
-
-from .common import PrefixMap, key_listing, load_file, mismatch, unwrap
+from .common import CLIP_TEXT_KEYS, EOS_COEF, PrefixMap, empty_weight, key_listing, load_file, mismatch, unwrap, \
+    wrong_empty_weight
 
 CLIP = "backbone.clip_model."
 PIX = "sem_seg_head.pixel_decoder."
 PRED = "sem_seg_head.predictor."
-EOS_COEF = 0.1
 TRAIN_CLASSES = 133
-# open_clip text-tower keys; the release omits the first three groups
+# the open_clip text-tower keys the release omits
 TEXT_ABSENT = ("token_embedding.", "transformer.", "ln_final.")
-TEXT_KEYS = TEXT_ABSENT + ("positional_embedding", "text_projection", "logit_scale")
+TEXT_KEYS = CLIP_TEXT_KEYS
 
 # published prefix -> ours ({n}: a layer index); a prefix without a final "." is a whole key
 NAMES = PrefixMap([
@@ -73,8 +71,7 @@ def to_ours(state_dict: dict) -> dict:
     if any(k.startswith(CLIP + "visual.attnpool.") for k in sd):
         raise ValueError("this is a ResNet-CLIP FC-CLIP checkpoint; vocabseg implements the ConvNeXt variants")
     empty = sd.get("criterion.empty_weight")
-    if empty is not None and (empty.ndim != 1 or not torch.all(empty[:-1] == 1)
-                              or abs(float(empty[-1]) - EOS_COEF) > 1e-6):
+    if empty is not None and wrong_empty_weight(empty):
         raise ValueError(f"criterion.empty_weight should be ones with {EOS_COEF} last")
     out, unknown = NAMES.rename({k: v for k, v in sd.items() if k != "criterion.empty_weight"})
     if unknown:
@@ -90,9 +87,7 @@ def from_ours(state_dict: dict, text_tower: bool = False, num_train_classes: int
     out, unknown = NAMES.rename(keep, backward=True)
     if unknown:
         raise KeyError("keys with no published name" + key_listing("unknown", unknown))
-    weight = torch.ones(num_train_classes + 1)
-    weight[-1] = EOS_COEF
-    out["criterion.empty_weight"] = weight
+    out["criterion.empty_weight"] = empty_weight(num_train_classes)
     return out
 
 
@@ -101,7 +96,11 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
     come from ``clip_state_dict`` (open_clip names); any other missing,
     unexpected or mis-shaped key is an error naming them. Returns
     dict(filled=[our keys taken from CLIP])."""
-    ours = to_ours(state_dict)
+    return _load_ours(model, to_ours(state_dict), clip_state_dict)
+
+
+def _load_ours(model, ours: dict, clip_state_dict: dict | None) -> dict:
+    """``load_into`` of a state dict already in our key names."""
     expected = model.state_dict()
     text_absent = [k for k in expected if k not in ours
                    and k.startswith("clip.") and k[len("clip."):].startswith(TEXT_KEYS)]
@@ -138,4 +137,4 @@ def load_published(model, path: str | os.PathLike, clip_weights: str | None = No
             raise ValueError(f"{path} lacks the text tower and {model.clip_arch} has no default CLIP "
                              f"weights: pass clip_weights (an open_clip tag or file)")
         clip_sd = create_clip(model.clip_arch, tag)[0].state_dict()
-    return load_into(model, sd, clip_sd)
+    return _load_ours(model, ours, clip_sd)

@@ -24,13 +24,12 @@ import re
 
 import torch
 
-from .common import block_count, key_listing as _listing, load_file, unwrap  # noqa: F401  (unwrap is part of this module API)
+from .common import CLIP_TEXT_KEYS, EOS_COEF, block_count, empty_weight, key_listing as _listing, load_file, \
+    unwrap, wrong_empty_weight  # noqa: F401  (unwrap is part of this module API)
 
-TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
-             "logit_scale")
+TEXT_KEYS = CLIP_TEXT_KEYS
 STEM_KEYS = ("class_embedding", "positional_embedding", "conv1.", "ln_pre.")
 SPLIT_BY_DEPTH = {12: 9, 24: 18}   # published feature/recognition split of CLIP ViT-B (12) and ViT-L (24)
-EOS_COEF = 0.1
 TRAIN_CLASSES = 171
 
 
@@ -68,7 +67,7 @@ def _our_name(k: str, v: torch.Tensor, split: int) -> str | None:
     if group == "ov_classifier" and rest.startswith(TEXT_KEYS):
         return "clip." + rest
     if k == "criterion.empty_weight":
-        if v.ndim != 1 or not torch.all(v[:-1] == 1) or abs(float(v[-1]) - EOS_COEF) > 1e-6:
+        if wrong_empty_weight(v):
             raise ValueError(f"criterion.empty_weight should be ones then {EOS_COEF} (no object)")
         return None
     return ""
@@ -129,9 +128,7 @@ def from_ours(state_dict: dict, split: int | None = None, num_train_classes: int
     if unknown:
         raise ValueError("keys with no published SAN name" + _listing("unknown", unknown))
     out["ov_classifier.attn_mask"] = causal_mask(state_dict["clip.positional_embedding"].shape[0])
-    weight = torch.ones(num_train_classes + 1)
-    weight[-1] = EOS_COEF
-    out["criterion.empty_weight"] = weight
+    out["criterion.empty_weight"] = empty_weight(num_train_classes)
     return out
 
 
