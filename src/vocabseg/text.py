@@ -83,15 +83,23 @@ def encode_text_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
     length = int((tokens != 0).sum(1).max().item())
     length = max(1, min(length, tokens.shape[1]))
     t = tokens[:, :length]
-    cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else None
-    x = clip_model.token_embedding(t)
-    if cast is not None:
-        x = x.to(cast)
-    x = x + clip_model.positional_embedding[:length].to(x.dtype)
+    x = embed_tokens(clip_model, t, torch.arange(length, device=t.device))
     mask = clip_model.attn_mask[:length, :length] if clip_model.attn_mask is not None else None
     x = clip_model.transformer(x, attn_mask=mask)
     x = clip_model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), t.argmax(dim=-1)]
+    return project_text(clip_model, x[torch.arange(x.shape[0], device=x.device), t.argmax(dim=-1)])
+
+
+def embed_tokens(clip_model, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Token ids [B, L] at positions [B, L] (or [L]) -> input embeddings [B, L, C]."""
+    cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else None
+    x = clip_model.token_embedding(tokens)
+    x = x.to(cast) if cast is not None else x
+    return x + clip_model.positional_embedding[positions].to(x.dtype)
+
+
+def project_text(clip_model, x: torch.Tensor) -> torch.Tensor:
+    """Pooled text tokens [N, C] (after ``ln_final``) -> the joint space [N, D]."""
     proj = clip_model.text_projection
     if proj is None:
         return x

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import speed
 
 
 def supports(clip_model) -> bool:
@@ -69,11 +68,8 @@ def _attend(block, x: torch.Tensor, past: tuple | None, mask: torch.Tensor | Non
     ([B, h, P, d] each) with ``mask`` bool [B, 1, L, P + L] (True = attend), or plain
     causal over ``x`` when ``past`` is None. ``last_only``: run only the last query row
     (-> [B, 1, C]). Returns (output, (k, v) of the new tokens)."""
-    attn = block.attn
-    b, n, c = x.shape
-    heads = attn.num_heads
-    qkv = speed.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    from .backbones.vit import block_qkv, merge_heads
+    q, k, v = block_qkv(block, x)
     keys, values = k, v
     if past is not None:
         keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
@@ -82,17 +78,8 @@ def _attend(block, x: torch.Tensor, past: tuple | None, mask: torch.Tensor | Non
         mask = mask[:, :, -1:] if mask is not None else None
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                          is_causal=mask is None and not last_only)
-    out = out.transpose(1, 2).reshape(x.shape[0], -1, c)
-    x = x + block.ls_1(speed.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+    x = x + block.ls_1(merge_heads(block, out))
     return x + block.ls_2(block.mlp(block.ln_2(x))), (k, v)
-
-
-def _embed(clip_model, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Token ids [B, L] at positions [B, L] (or [L]) -> input embeddings [B, L, C]."""
-    cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else None
-    x = clip_model.token_embedding(tokens)
-    x = x.to(cast) if cast is not None else x
-    return x + clip_model.positional_embedding[positions].to(x.dtype)
 
 
 @torch.no_grad()
@@ -105,6 +92,7 @@ def encode_shared(clip_model, tokens: torch.Tensor, batch: int = 256, progress=N
     it); the remaining tokens of the prompts run in chunks of ``batch`` prompts
     with equal remaining length (no padding), each attending to its own prefix's
     cached keys and values."""
+    from .text import embed_tokens, project_text
     device = tokens.device
     uniq, inverse = torch.unique(tokens, dim=0, return_inverse=True)
     copies = torch.bincount(inverse, minlength=uniq.shape[0]).tolist()
@@ -120,7 +108,7 @@ def encode_shared(clip_model, tokens: torch.Tensor, batch: int = 256, progress=N
         ids = torch.zeros(len(keys), pmax, dtype=tokens.dtype)
         for j, k in enumerate(keys):
             ids[j, : len(k)] = torch.tensor(k)
-        x = _embed(clip_model, ids.to(device), torch.arange(pmax, device=device))
+        x = embed_tokens(clip_model, ids.to(device), torch.arange(pmax, device=device))
         for block in blocks:
             x, kv = _attend(block, x, None, None)
             cache.append(kv)
@@ -133,7 +121,7 @@ def encode_shared(clip_model, tokens: torch.Tensor, batch: int = 256, progress=N
             ids = members[s:s + batch]
             p = torch.tensor([plen[i] for i in ids], device=device)
             rest = torch.tensor([seqs[i][plen[i]:] for i in ids], device=device)
-            x = _embed(clip_model, rest, p[:, None] + torch.arange(n, device=device))
+            x = embed_tokens(clip_model, rest, p[:, None] + torch.arange(n, device=device))
             past, mask = None, None
             if keys:
                 owner = torch.tensor([key_index.get(seqs[i][:plen[i]], 0) for i in ids], device=device)
@@ -144,10 +132,7 @@ def encode_shared(clip_model, tokens: torch.Tensor, batch: int = 256, progress=N
                 if keys:
                     past = (cache[li][0][owner], cache[li][1][owner])
                 x, _ = _attend(block, x, past, mask, last_only=li == len(blocks) - 1)
-            feats = clip_model.ln_final(x[:, -1])
-            proj = clip_model.text_projection
-            if proj is not None:
-                feats = proj(feats) if isinstance(proj, torch.nn.Linear) else feats @ proj
+            feats = project_text(clip_model, clip_model.ln_final(x[:, -1]))
             if out is None:
                 out = feats.new_empty(len(seqs), feats.shape[-1])
             out[torch.tensor(ids, device=device)] = feats
