@@ -66,18 +66,15 @@ class MaskDecoder(nn.Module):
     def num_queries(self) -> int:
         return self.query_feat.num_embeddings
 
-    def head(self, x: torch.Tensor, mask_features: torch.Tensor, target_hw) -> tuple:
-        """Prediction head -> (embedding [B, Q, D], mask logits [B, Q, H, W],
-        attention mask bool [B*heads, Q, h*w] at ``target_hw``)."""
+    def predict(self, x: torch.Tensor, mask_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prediction head -> (embedding [B, Q, D], mask logits [B, Q, H, W])."""
         q = self.norm(x)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_features)
-        emb = self.class_embed(self.pool_proj(mask_pool(mask_features, masks)) + q)
-        small = F.interpolate(masks, size=target_hw, mode="bilinear", align_corners=False)
-        return emb, masks, self._attn_mask(small)
+        return self.class_embed(self.pool_proj(mask_pool(mask_features, masks)) + q), masks
 
     def attn_head(self, x: torch.Tensor, small_features: torch.Tensor) -> torch.Tensor:
-        """The attention mask of ``head`` alone, from ``mask_features`` already resized to
-        the attention level (fast path): bilinear resizing is linear, so resizing the
+        """The attention mask alone, from ``mask_features`` already resized to the
+        attention level (fast path): bilinear resizing is linear, so resizing the
         [C, H, W] features and then taking query . pixel equals resizing the [Q, H, W]
         mask logits, at a fraction of the cost."""
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(self.norm(x)), small_features)
@@ -88,23 +85,34 @@ class MaskDecoder(nn.Module):
         return attn.unsqueeze(1).expand(-1, self.heads, -1, -1).flatten(0, 1).detach()
 
     def forward(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, all_sets: bool = True):
-        """``all_sets`` False (inference): only the last prediction set is returned and the
+        """-> [(embedding, mask logits)] of every prediction set (the initial queries and
+        each layer). ``all_sets`` False (inference): only the last set, and the
         intermediate heads build just their attention masks (``attn_head``)."""
         if len(multi_scale) != self.num_levels:
             raise ValueError(f"the decoder takes {self.num_levels} feature maps, got {len(multi_scale)}")
-        if not all_sets and speed.fast():
-            return self._forward_last(multi_scale, mask_features)
         srcs, pos, query_pos, x = self._inputs(multi_scale)
-        sizes = [tuple(m.shape[-2:]) for m in multi_scale]
-        emb, masks, attn = self.head(x, mask_features, sizes[0])
-        outputs = [(emb, masks)]
-        for i, layer in enumerate(self.layers):
-            lvl = i % self.num_levels
-            attn = attn & ~attn.all(-1, keepdim=True)         # empty mask: attend everywhere
-            x = layer(x, srcs[lvl], pos[lvl], query_pos, attn)
-            emb, masks, attn = self.head(x, mask_features, sizes[(i + 1) % self.num_levels])
+        last_only = not all_sets and speed.fast()
+        outputs = []
+        if last_only:
+            small = [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False)
+                     for m in multi_scale]
+
+        def attention(x, lvl):
+            """The attention mask at level ``lvl`` for the next layer (recording the set)."""
+            if last_only:
+                return self.attn_head(x, small[lvl])
+            emb, masks = self.predict(x, mask_features)
             outputs.append((emb, masks))
-        return outputs
+            size = tuple(multi_scale[lvl].shape[-2:])
+            return self._attn_mask(F.interpolate(masks, size=size, mode="bilinear", align_corners=False))
+
+        attn = attention(x, 0)
+        for i, layer in enumerate(self.layers):
+            attn = attn & ~attn.all(-1, keepdim=True)         # empty mask: attend everywhere
+            x = layer(x, srcs[i % self.num_levels], pos[i % self.num_levels], query_pos, attn)
+            if not (last_only and i == len(self.layers) - 1):
+                attn = attention(x, (i + 1) % self.num_levels)
+        return [self.predict(x, mask_features)] if last_only else outputs
 
     def _inputs(self, multi_scale: list[torch.Tensor]):
         """(memory per level [B, h*w, C] + level embedding, sine positions, query positions, query features)."""
@@ -115,21 +123,6 @@ class MaskDecoder(nn.Module):
             srcs.append(x.flatten(2).transpose(1, 2) + self.level_embed.weight[i].view(1, 1, -1))
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         return srcs, pos, query_pos, self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-
-    def _forward_last(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor):
-        srcs, pos, query_pos, x = self._inputs(multi_scale)
-        small = [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False)
-                 for m in multi_scale]
-        attn = self.attn_head(x, small[0])
-        for i, layer in enumerate(self.layers):
-            lvl = i % self.num_levels
-            attn = attn & ~attn.all(-1, keepdim=True)
-            x = layer(x, srcs[lvl], pos[lvl], query_pos, attn)
-            if i < len(self.layers) - 1:
-                attn = self.attn_head(x, small[(i + 1) % self.num_levels])
-        q = self.norm(x)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_features)
-        return [(self.class_embed(self.pool_proj(mask_pool(mask_features, masks)) + q), masks)]
 
     def class_logits(self, emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
         """``emb`` [B, Q, D], ``classifier`` [K, D] unit rows -> [B, Q, K] scaled cosines."""
