@@ -7,9 +7,8 @@ with ``max_crops=1`` the result is bit-identical to ``infer`` image by image.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .inference import pad_to_multiple, preprocess, protocol_boxes, select
+from .inference import finish_windows, pad_to_multiple, preprocess, protocol_boxes, select
 
 
 @torch.no_grad()
@@ -61,9 +60,5 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
         if done[i] is not None:
             results.append(done[i])
             continue
-        out = total[i] / count[i]
-        size = tuple(img.shape[-2:])
-        if tuple(out.shape[-2:]) != size:
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        results.append(model.finalize(out, vocab)[0])
+        results.append(finish_windows(model, total[i], count[i], img.shape[-2:], vocab))
     return results

@@ -162,9 +162,15 @@ def scores(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tens
             count = s.new_zeros((1, 1, h, w))
         total[..., y0:y1, x0:x1] += s
         count[..., y0:y1, x0:x1] += 1
+    return finish_windows(model, total, count, feats.size, vocab)
+
+
+def finish_windows(model, total: torch.Tensor, count: torch.Tensor, size, vocab) -> torch.Tensor:
+    """Window scores summed into ``total`` [1, C, h, w] (``count`` windows per pixel) ->
+    their mean, resized to the original ``size``, through ``model.finalize`` -> [C, H, W]."""
     out = total / count
-    if tuple(out.shape[-2:]) != tuple(feats.size):
-        out = F.interpolate(out, size=feats.size, mode="bilinear", align_corners=False)
+    if tuple(out.shape[-2:]) != tuple(size):
+        out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
     return model.finalize(out, vocab)[0]
 
 
