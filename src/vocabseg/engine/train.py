@@ -114,10 +114,10 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def run_eval(model, cfg: dict, iteration: int, output_dir: Path, workers: int) -> dict:
-    """Evaluate ``eval.datasets`` (random states untouched) -> {dataset: metrics}."""
+def run_eval(model, cfg: dict, datasets: dict, iteration: int, output_dir: Path, workers: int) -> dict:
+    """Evaluate ``datasets`` ({name: reader} of ``eval.datasets``; random states untouched)
+    -> {dataset: metrics}."""
     import dataclasses
-    from ..data import get_dataset
     from .evaluate import evaluate
     ev = cfg["eval"]
     saved = model.protocol
@@ -127,8 +127,7 @@ def run_eval(model, cfg: dict, iteration: int, output_dir: Path, workers: int) -
             model.protocol = dataclasses.replace(saved, **ev["protocol"])
             if hasattr(model, "reset_text_cache"):
                 model.reset_text_cache()
-            for name in ev["datasets"]:
-                ds = get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
+            for name, ds in datasets.items():
                 r = evaluate(model, ds, templates=ev["templates"], batch_size=ev["batch_size"], workers=workers,
                              limit=ev["limit"], progress=False, convention=ev["vocab_convention"])
                 out[name] = {k: r[k] for k in ("miou_gt", "miou_any", "fwiou", "macc", "pacc", "images")}
@@ -198,11 +197,12 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
     if not str(output_dir) or str(output_dir) == ".":
         raise ValueError("no output folder: set train.output_dir or pass --output DIR")
     ev = cfg["eval"]
-    if ev["datasets"]:        # a missing evaluation set fails now, not after hours of training
+    eval_sets = {}            # read once; a missing evaluation set fails now, not after hours of training
+    if ev["datasets"]:
         from ..data import get_dataset
         for name in ev["datasets"]:
             try:
-                get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
+                eval_sets[name] = get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
             except KeyError as e:
                 raise ValueError(f"eval.datasets: {e.args[0]}") from None
     dist = D.init(device)
@@ -309,7 +309,7 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
                     save(it)
                     saved_at = it
                 if t_cfg["eval_every"] and it % t_cfg["eval_every"] == 0 and cfg["eval"]["datasets"]:
-                    last_eval = run_eval(model, cfg, it, output_dir, workers)
+                    last_eval = run_eval(model, cfg, eval_sets, it, output_dir, workers)
                     evaluated = it
                     log.write({"iter": it, "eval": last_eval})
                 if stop.signal or it >= total:
@@ -320,7 +320,7 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
             path = last_checkpoint(output_dir)
         if not stop.signal:
             if cfg["eval"]["datasets"] and evaluated != it:
-                last_eval = run_eval(model, cfg, it, output_dir, workers)
+                last_eval = run_eval(model, cfg, eval_sets, it, output_dir, workers)
                 log.write({"iter": it, "eval": last_eval})
             if dist.is_main:
                 from ..checkpoint import save_checkpoint
