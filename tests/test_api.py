@@ -153,3 +153,21 @@ def test_tta_with_one_size_and_no_flip_is_plain_inference_at_that_size(tiny, mon
     assert torch.allclose(plain.scores, aug.scores, atol=1e-5)
     with pytest.raises(UserError, match="semantic segmentation only"):
         tiny(_image(), "sky; road", tta=True, task="panoptic")
+
+
+def test_tta_encodes_only_its_own_passes_and_keeps_the_cache_usable(tiny, monkeypatch):
+    from vocabseg.engine import tta
+    orig = tta.infer_tta
+    monkeypatch.setattr(tta, "infer_tta", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
+                                                                  flip=True, max_side=m.protocol.max_side))
+    seg = Segmenter(tiny.model)
+    calls = []
+    real = tiny.model.encode_image
+    monkeypatch.setattr(tiny.model, "encode_image", lambda x: calls.append(x.shape[0]) or real(x))
+    seg(_image(seed=5), "sky; road", tta=True)
+    windows = len(calls)                          # one size and its flip: the augmented passes only
+    assert windows >= 2 and seg._features is None
+    plain = seg.predict("sky; road", return_scores=True)             # same image, features computed now
+    assert len(calls) > windows
+    assert torch.allclose(plain.scores, Segmenter(tiny.model)(_image(seed=5), "sky; road", return_scores=True).scores,
+                          atol=1e-6)

@@ -121,7 +121,7 @@ class Segmenter:
         self.templates = templates
         self._image: torch.Tensor | None = None
         self._key: str | None = None
-        self._features = None
+        self._features = None          # of _image, computed on first use (``features``)
 
     @property
     def device(self) -> torch.device:
@@ -140,13 +140,28 @@ class Segmenter:
     def set_image(self, image) -> torch.Tensor:
         """Read ``image`` (path, PIL, array, tensor) and compute its features once.
         Returns the uint8 [3, H, W] image."""
+        img = self._load(image)
+        self.features                  # noqa: B018  (computed now, kept for every vocabulary)
+        return img
+
+    def _load(self, image) -> torch.Tensor:
+        """Make ``image`` the current one; features of a new image are dropped."""
         img = load_image(image)
         key = hashlib.sha1(img.numpy().tobytes()).hexdigest() + str(tuple(img.shape))
         if key != self._key:
-            with self.autocast():
-                self._features = inference.encode(self.model, img.to(self.device).float() / 255.0)
-            self._image, self._key = img, key
+            self._image, self._key, self._features = img, key, None
         return self._image
+
+    @property
+    def features(self):
+        """The current image's vocabulary-independent features (``inference.encode``), kept
+        for every vocabulary asked of it. Test-time augmentation does not use them."""
+        if self._image is None:
+            raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
+        if self._features is None:
+            with self.autocast():
+                self._features = inference.encode(self.model, self._image.to(self.device).float() / 255.0)
+        return self._features
 
     def text(self, vocabulary: Vocabulary, templates=None) -> torch.Tensor:
         """[S, D] unit synonym embeddings of ``vocabulary`` (cached on disk)."""
@@ -162,7 +177,7 @@ class Segmenter:
         ``"a; b, c"``, a list of names, a file, a benchmark name or a Vocabulary).
         ``tta``: semantic scores averaged over short sides 320..1120 and their flips
         (SAN / MaskFormer test-time augmentation; 12 passes, the image cache is not used)."""
-        if self._features is None:
+        if self._image is None:
             raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
         vocab = Vocabulary.resolve(vocabulary)
         if task not in TASKS:
@@ -177,17 +192,17 @@ class Segmenter:
 
     def _predict(self, vocab, text, return_scores, task, tta):
         if task == "panoptic":
-            out = inference.panoptic(self.model, self._features, text, vocab)
+            out = inference.panoptic(self.model, self.features, text, vocab)
             return PanopticResult(out["pan_seg"].cpu(), out["segments"], vocab, self._image, self.name)
         if task == "instance":
-            out = inference.instances(self.model, self._features, text, vocab)
+            out = inference.instances(self.model, self.features, text, vocab)
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
         if tta:
             from .engine.tta import infer_tta
             scores = infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
         else:
-            scores = inference.scores(self.model, self._features, text, vocab).float().cpu()
+            scores = inference.scores(self.model, self.features, text, vocab).float().cpu()
         return SemanticResult(*labels_and_confidence(scores), vocab, self._image,
                               scores if return_scores else None, self.name)
 
@@ -213,5 +228,8 @@ class Segmenter:
 
     def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",
                  tta: bool = False):
-        self.set_image(image)
+        if tta:
+            self._load(image)          # test-time augmentation encodes its own sizes
+        else:
+            self.set_image(image)
         return self.predict(vocabulary, templates=templates, return_scores=return_scores, task=task, tta=tta)

@@ -127,7 +127,7 @@ def run(args) -> int:
         result.save(out, stem)
         if args.show_groups:
             from ..models.segclip import groups_image
-            groups_image(model.group_map(seg._features), seg._image).save(out / f"{stem}_groups.png")
+            groups_image(model.group_map(seg.features), seg._image).save(out / f"{stem}_groups.png")
     bar.close()
     done, seconds = len(mine) - failed, time.perf_counter() - start
     who = f" [process {rank + 1} of {world}]" if world > 1 else ""
