@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from .common import block_count, key_listing as _listing, load_file, unwrap
+from .common import block_count, load_file, mismatch, unwrap
 
 _VT = "clip.visual.transformer."
 _RENAMES = [  # (published prefix, our prefix) for the modules that are not indexed blocks
@@ -104,16 +104,11 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
     sd = to_ours(sd) if detect(sd) else dict(sd)
     expected = model.state_dict()
     sd, filled = fill_from_clip(sd, expected, clip_state_dict)
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
+    problems = mismatch(expected, sd)
+    if problems:
         hint = (" (CLIP keys are missing: pass the OpenAI CLIP weights as clip_state_dict)"
-                if any(k.startswith("clip.") for k in missing) and clip_state_dict is None else "")
-        raise ValueError("SegCLIP checkpoint does not match the model" + hint
-                         + _listing("missing", missing) + _listing("unexpected", unexpected)
-                         + _listing("wrong shape", shapes))
+                if any(k.startswith("clip.") and k not in sd for k in expected) and clip_state_dict is None else "")
+        raise ValueError("SegCLIP checkpoint does not match the model" + hint + problems)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
     if hasattr(model, "reset_text_cache"):
         model.reset_text_cache()
