@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from vocabseg.data.captions import COLOURS, shape_sample, write_shards
-from vocabseg.data.synthetic import write_benchmark
-from vocabseg.engine.config import validate
-from vocabseg.engine.evaluate import evaluate
-from vocabseg.engine.metrics import ConfusionMatrix
-from vocabseg.engine.train import train
+from vocabseg.testing.synthetic import write_benchmark
+from vocabseg.engine.training.config import validate
+from vocabseg.engine.evaluation.evaluate import evaluate
+from vocabseg.engine.evaluation.metrics import ConfusionMatrix
+from vocabseg.engine.training.train import train
 from vocabseg.hub import all_specs
 from vocabseg.vocab import Vocabulary
 
@@ -121,9 +121,9 @@ def distinct_classes(preset: str, family: str, dataset: str, seed: int, fills: i
     classes the model's own text embeddings tell apart best (greedy: each next
     class has the smallest largest cosine to those already chosen)."""
     from vocabseg.data import idmaps
-    from vocabseg.data.synthetic import FAMILIES
-    from vocabseg.engine.checkpoint import seed_all
-    from vocabseg.engine.evaluate import DEFAULT_CONVENTION
+    from vocabseg.testing.synthetic import FAMILIES
+    from vocabseg.engine.training.checkpoint import seed_all
+    from vocabseg.engine.evaluation.evaluate import DEFAULT_CONVENTION
     from vocabseg.hub import get_spec
     seed_all(seed)                                  # the weights train() will build
     model = get_spec(preset).build()
@@ -181,7 +181,7 @@ def learn(preset: str, work: Path, iterations: int, train_images: int = 512, see
     vocab = Vocabulary.resolve(cfg["data"]["vocabulary"]) if cfg["data"]["vocabulary"] else None
     result = evaluate(model, held_out, vocab=vocab, batch_size=8, workers=0, progress=False)
     if vocab is not None:
-        from vocabseg.engine.subset import with_vocabulary
+        from vocabseg.engine.evaluation.subset import with_vocabulary
         held_out = with_vocabulary(held_out, vocab)
     rand, const = chance(held_out, held_out.num_classes)
     losses = [line for line in (Path(cfg["train"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from vocabseg.layers.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
+from vocabseg.methods.fcclip.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 
 
 def main() -> None:

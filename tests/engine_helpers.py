@@ -16,8 +16,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from vocabseg.data.synthetic import class_color
-from vocabseg.models.base import Protocol, SegModel
+from vocabseg.testing.synthetic import class_color
+from vocabseg.protocol import Protocol
+from vocabseg.model import SegModel
 
 
 class _Text:
@@ -50,7 +51,7 @@ class ColourModel(SegModel):
 
 def fake_panoptic(model, feats, text, vocab):
     """One segment per predicted class (ids class + 1), as a merging panoptic head would give."""
-    from vocabseg.engine.inference import scores
+    from vocabseg.engine.inference.image import scores
     label = scores(model, feats, text, vocab).argmax(0)
     pan = label + 1
     segments = [{"id": int(c) + 1, "category_id": int(c), "isthing": int(c) in model.things}
@@ -60,7 +61,7 @@ def fake_panoptic(model, feats, text, vocab):
 
 def fake_instances(model, feats, text, vocab):
     """One instance per predicted thing class, scored by its share of the image."""
-    from vocabseg.engine.inference import scores
+    from vocabseg.engine.inference.image import scores
     label = scores(model, feats, text, vocab).argmax(0)
     things = [c for c in torch.unique(label).tolist() if c in model.things]
     masks = torch.stack([label == c for c in things]) if things else torch.zeros(0, *label.shape, dtype=torch.bool)
@@ -99,7 +100,7 @@ def evaluate_all(root: str, checkpoint: str, out: str, read: bool = True) -> dic
     from vocabseg.cli import main
     from vocabseg.data import get_dataset
     from vocabseg.engine import inference
-    from vocabseg.engine.evaluate import evaluate
+    from vocabseg.engine.evaluation.evaluate import evaluate
     pan = get_dataset("coco-panoptic", root=root)
     with patched(inference, panoptic=fake_panoptic, instances=fake_instances):
         result = {"coco-panoptic": evaluate(colour_model_for(pan), pan, batch_size=2, workers=1, progress=False)}

@@ -143,7 +143,7 @@ def test_half_precision_is_a_gpu_option(tiny, capsys):
 
 
 def test_tta_with_one_size_and_no_flip_is_plain_inference_at_that_size(tiny, monkeypatch):
-    from vocabseg.engine import tta
+    from vocabseg.engine.inference import tta
     monkeypatch.setattr(tta, "DEFAULT_SIZES", (tiny.model.protocol.short_side,))
     orig = tta.infer_tta
     monkeypatch.setattr(tta, "infer_tta", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
@@ -156,7 +156,7 @@ def test_tta_with_one_size_and_no_flip_is_plain_inference_at_that_size(tiny, mon
 
 
 def test_tta_encodes_only_its_own_passes_and_keeps_the_cache_usable(tiny, monkeypatch):
-    from vocabseg.engine import tta
+    from vocabseg.engine.inference import tta
     orig = tta.infer_tta
     monkeypatch.setattr(tta, "infer_tta", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
                                                                   flip=True, max_side=m.protocol.max_side))

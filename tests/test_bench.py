@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vocabseg.cli import main
-from vocabseg.engine import bench, bench_report
+from vocabseg.engine.bench import measure as bench, report as bench_report
 
 
 def test_model_worker_reports_a_consistent_row():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vocabseg.convert.common import load_file
+from vocabseg.convert import load_file
 
 
 class _Evil:

@@ -12,7 +12,7 @@ from PIL import Image
 from vocabseg import cli
 from vocabseg.data import get_dataset
 from vocabseg.data import prepare as P
-from vocabseg.data.synthetic_raw import write_raw
+from vocabseg.testing.raw import write_raw
 from vocabseg.vocab import Vocabulary
 
 # --- independent mappings (from the datasets' own documentation) ---

@@ -4,7 +4,7 @@ import torch
 from scipy import ndimage
 
 from vocabseg.data import BENCHMARKS, datasets_root, get_dataset
-from vocabseg.data.synthetic import GREY, class_color, write_benchmark
+from vocabseg.testing.synthetic import GREY, class_color, write_benchmark
 
 COUNTS = {"voc20": 20, "voc21": 21, "pc59": 59, "pc60": 60, "pc459": 459, "ade150": 150, "ade847": 847,
           "coco-stuff": 171, "coco-object": 81, "cityscapes": 19, "coco-panoptic": 133, "ade-panoptic": 150}

@@ -12,14 +12,14 @@ import torch
 
 from vocabseg.cli import main as cli_main
 from vocabseg.data import get_dataset
-from vocabseg.data.synthetic import write_benchmark
+from vocabseg.testing.synthetic import write_benchmark
 from vocabseg.engine import inference
-from vocabseg.engine.batched import infer_batch
-from vocabseg.engine.evaluate import dataset_vocabulary, evaluate
-from vocabseg.engine.mask_ap import detections, gt_instances, mask_ap
-from vocabseg.engine.metrics import PanopticStats
+from vocabseg.engine.inference.batched import infer_batch
+from vocabseg.engine.evaluation.evaluate import dataset_vocabulary, evaluate
+from vocabseg.engine.evaluation.mask_ap import detections, gt_instances, mask_ap
+from vocabseg.engine.evaluation.metrics import PanopticStats
 from vocabseg.hub import get_spec
-from vocabseg.models.base import Protocol
+from vocabseg.protocol import Protocol
 from vocabseg.vocab import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -102,7 +102,7 @@ def test_vocabulary_convention_per_family(root):
 
 
 def test_a_subset_vocabulary_remaps_labels_and_segments(root):
-    from vocabseg.engine.subset import with_vocabulary
+    from vocabseg.engine.evaluation.subset import with_vocabulary
     ds = get_dataset("coco-panoptic", root=root)
     item = ds[0]
     present = sorted({s["category_id"] for s in item["segments_info"]})

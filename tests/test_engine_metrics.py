@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vocabseg.engine.mask_ap import detections, gt_instances, mask_ap
-from vocabseg.engine.metrics import ConfusionMatrix, PanopticStats, pq_single, semantic_metrics
+from vocabseg.engine.evaluation.mask_ap import detections, gt_instances, mask_ap
+from vocabseg.engine.evaluation.metrics import ConfusionMatrix, PanopticStats, pq_single, semantic_metrics
 
 IGN = 255
 

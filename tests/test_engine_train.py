@@ -10,12 +10,12 @@ import torch.nn as nn
 
 from vocabseg.cli import main as cli_main
 from vocabseg.data.captions import shape_sample, write_shards
-from vocabseg.data.synthetic import write_benchmark
-from vocabseg.engine.config import ConfigError, apply_overrides, load_config, parse_value, validate
-from vocabseg.engine.optim import clip_gradients, default_param_groups, param_groups
-from vocabseg.engine.schedule import Schedule
-from vocabseg.engine.train import train
-from vocabseg.engine.train_data import EpochBatches, SeededTransform
+from vocabseg.testing.synthetic import write_benchmark
+from vocabseg.engine.training.config import ConfigError, apply_overrides, load_config, parse_value, validate
+from vocabseg.engine.training.optim import clip_gradients, default_param_groups, param_groups
+from vocabseg.engine.training.schedule import Schedule
+from vocabseg.engine.training.train import train
+from vocabseg.engine.training.data import EpochBatches, SeededTransform
 
 BASE = {"model": {"preset": "segclip-tiny"}, "data": {"train": {"dataset": "voc20"}},
         "optim": {"lr": 1e-3}, "schedule": {"iterations": 10}, "train": {"batch_size": 4}}

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vocabseg.data.synthetic import write_benchmark
+from vocabseg.testing.synthetic import write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@ reference module structure, not from the converter) loads into our model and bac
 import pytest
 import torch
 
-from vocabseg.convert import fcclip as conv
-from vocabseg.models.fcclip import PRESETS
+from vocabseg.methods.fcclip import convert as conv
+from vocabseg.methods.fcclip.model import PRESETS
 
 # the tiny preset's sizes (models/fcclip.py _TINY); RES: convnext_atto res2..res5
 TINY = dict(DIM=32, MASK_DIM=32, ENC=1, HEADS=4, POINTS=2, FFN_ENC=64, Q=12, DEC_LAYERS=3, FFN_DEC=64, EMBED=32,
@@ -131,7 +131,7 @@ def test_published_layout_loads_with_no_missing_or_unexpected_keys(model):
 def test_full_size_layout_around_each_convnext_clip(arch):
     """The published-size model (built on the meta device: shapes only) around the base,
     large and xxlarge ConvNeXt CLIPs has exactly the published keys and shapes."""
-    from vocabseg.models.fcclip import CLIP_VARIANTS, FCCLIP, _DECODER
+    from vocabseg.methods.fcclip.model import CLIP_VARIANTS, FCCLIP, _DECODER
     res, embed = BACKBONES[arch]
     assert arch in CLIP_VARIANTS
     with torch.device("meta"):
@@ -211,7 +211,7 @@ def test_api_load_model_takes_the_published_file_as_is(tmp_path):
 
 
 def test_prefix_map_renames_both_ways():
-    from vocabseg.convert.common import PrefixMap
+    from vocabseg.convert import PrefixMap
     names = PrefixMap([("a.layers.{n}.attn.", "b.{n}.self."), ("a.scale", "b.scale"), ("a.", "c.")])
     assert names.forward("a.layers.12.attn.in_proj_weight") == "b.12.self.in_proj_weight"
     assert names.backward("b.12.self.in_proj_weight") == "a.layers.12.attn.in_proj_weight"

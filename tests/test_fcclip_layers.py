@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from vocabseg.layers.deform_encoder import reference_points
-from vocabseg.layers.ms_deform_attn import MSDeformAttn, ms_deform_attn
-from vocabseg.layers.position import PositionEmbeddingSine
+from vocabseg.methods.fcclip.deform_encoder import reference_points
+from vocabseg.methods.fcclip.ms_deform_attn import MSDeformAttn, ms_deform_attn
+from vocabseg.methods.fcclip.position import PositionEmbeddingSine
 
 
 def bilinear_zero(img: torch.Tensor, x: float, y: float) -> torch.Tensor:

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from vocabseg.data import get_dataset
-from vocabseg.data.synthetic import write_benchmark
+from vocabseg.testing.synthetic import write_benchmark
 from vocabseg.engine import inference
-from vocabseg.models.fcclip import PRESETS
+from vocabseg.methods.fcclip.model import PRESETS
 from vocabseg.vocab import Vocabulary
 
 
@@ -146,7 +146,7 @@ def test_recipe_config_holds_the_published_recipe_and_fits_the_model(tmp_path):
     from pathlib import Path
 
     import yaml
-    from vocabseg.models.fcclip import FCCLIP
+    from vocabseg.methods.fcclip.model import FCCLIP
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "fcclip-convnext-l.yaml").read_text())
     params = inspect.signature(FCCLIP.__init__).parameters
     assert set(cfg["model"]) - {"preset", "weights"} <= set(params)

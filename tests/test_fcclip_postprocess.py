@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from vocabseg.models import fcclip_postprocess as post
-from vocabseg.models.fcclip import PRESETS, thing_flags
+from vocabseg.methods.fcclip import postprocess as post
+from vocabseg.methods.fcclip.model import PRESETS, thing_flags
 from vocabseg.vocab import Vocabulary
 
 

@@ -3,8 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from vocabseg.engine.inference import encode, infer, pad_to_multiple, scores, window_boxes
-from vocabseg.models.base import Protocol
+from vocabseg.engine.inference.image import encode, infer, scores
+from vocabseg.protocol import pad_to_multiple, window_boxes
+from vocabseg.protocol import Protocol
 from vocabseg.vocab import Vocabulary
 
 from toy import PointwiseModel, fake_text
@@ -87,7 +88,7 @@ def test_permuting_the_vocabulary_permutes_the_scores():
 
 def test_resized_size_rules():
     from vocabseg.data.transforms import shortest_edge_size
-    from vocabseg.engine.inference import resized_size
+    from vocabseg.protocol import resized_size
     assert resized_size(375, 500, 336, 2048) == (336, 448)                  # mmcv imrescale
     assert resized_size(375, 500, 640, 2560, "detectron2") == shortest_edge_size(375, 500, 640, 2560) == (640, 853)
     assert resized_size(100, 3000, 640, 2560, "detectron2") == (85, 2560)   # long side capped
@@ -98,7 +99,7 @@ def test_resize_backends_reproduce_pil_and_opencv_on_uint8():
     import cv2
     import numpy as np
     from PIL import Image
-    from vocabseg.engine.inference import resize_short_side
+    from vocabseg.protocol import resize_short_side
     img = (torch.rand(3, 45, 70, generator=torch.Generator().manual_seed(1)) * 255).round() / 255
     u8 = (img * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     for short in (30, 90):                                    # down- and up-sampling

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vocabseg.engine.inference import infer
+from vocabseg.engine.inference.image import infer
 from vocabseg.hub import get_spec
-from vocabseg.models.base import Protocol
-from vocabseg.models.maskclip import TrainingFreeCLIP, build
+from vocabseg.protocol import Protocol
+from vocabseg.methods.trainingfree.model import TrainingFreeCLIP, build
 from vocabseg.text import templates
 from vocabseg.vocab import Vocabulary
 

@@ -9,8 +9,9 @@ from PIL import Image
 import torch.nn.functional as F
 
 from vocabseg.backbones.vit import SOS_BLOCKED, sos_attn_mask
-from vocabseg.engine.inference import infer, normalize, pad_to_multiple
-from vocabseg.engine.tta import infer_tta
+from vocabseg.engine.inference.image import infer
+from vocabseg.protocol import normalize, pad_to_multiple
+from vocabseg.engine.inference.tta import infer_tta
 from vocabseg.hub import get_spec
 from vocabseg.vocab import Vocabulary
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vocabseg.api import load_model
-from vocabseg.convert import san as conv
+from vocabseg.methods.san import convert as conv
 from vocabseg.errors import UserError
 from vocabseg.hub import get_spec
 from vocabseg.vocab import Vocabulary

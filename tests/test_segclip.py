@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vocabseg.convert import segclip as conv
-from vocabseg.engine.inference import infer
+from vocabseg.methods.segclip import convert as conv
+from vocabseg.engine.inference.image import infer
 from vocabseg.hub import get_spec
-from vocabseg.models.segclip import BG_THRESH, SegCLIPFeatures
+from vocabseg.methods.segclip.model import BG_THRESH, SegCLIPFeatures
 from vocabseg.vocab import Vocabulary
 
 from layouts import clip_block, ln, timm_block
@@ -205,8 +205,8 @@ def test_param_groups_follow_the_published_recipe():
 
 
 def test_group_map_over_windows_and_image(model):
-    from vocabseg.engine.inference import encode
-    from vocabseg.models.segclip import groups_image
+    from vocabseg.engine.inference.image import encode
+    from vocabseg.methods.segclip.model import groups_image
     image = torch.rand(3, 70, 150)
     feats = encode(model, image)
     g = model.group_map(feats)
@@ -220,7 +220,7 @@ def test_group_map_over_windows_and_image(model):
 
 def test_config_matches_the_published_recipe():
     from pathlib import Path
-    from vocabseg.engine.config import load_config
+    from vocabseg.engine.training.config import load_config
     path = Path(__file__).resolve().parents[1] / "configs" / "segclip-vit-b16.yaml"
     cfg = load_config(path)        # the engine's schema accepts it
     o = cfg["optim"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vocabseg.data.captions import (CaptionShards, CaptionTransform, CocoCaptions, felzenszwalb, patch_labels,
-                                    shape_sample, write_shards)
+from vocabseg.data.captions import (
+    CaptionShards, CaptionTransform, CocoCaptions, felzenszwalb, patch_labels, shape_sample, write_shards)
 
 
 def _samples(n, size=48, seed=0):
@@ -89,7 +89,7 @@ def test_short_training_run_segments_above_chance(tmp_path):
     spec = importlib.util.spec_from_file_location("learn_synthetic", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    from vocabseg.engine.evaluate import evaluate
+    from vocabseg.engine.evaluation.evaluate import evaluate
     from vocabseg.hub import get_spec
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # a tiny model: one thread is fastest, and far faster on a loaded machine

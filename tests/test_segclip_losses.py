@@ -7,8 +7,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from vocabseg.losses import segclip as L
-from vocabseg.models.segclip_group import SemanticGroup, gumbel_assign
+from vocabseg.methods.segclip import losses as L
+from vocabseg.methods.segclip.group import SemanticGroup, gumbel_assign
 
 
 def test_gumbel_hard_forward_and_straight_through_gradient():

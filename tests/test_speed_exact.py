@@ -12,7 +12,7 @@ from vocabseg.backbones.clip import create_clip
 from vocabseg.engine import inference
 from vocabseg.hub import get_spec
 from vocabseg.layers.mask_semantic import mask_semantic, resample_matrix
-from vocabseg.layers.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
+from vocabseg.methods.fcclip.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 from vocabseg.results import confidence_of, labels_and_confidence
 from vocabseg.text import VILD, TextEncoder
 from vocabseg.text_prefix import assign_prefixes, encode_shared
@@ -210,7 +210,7 @@ def test_segclip_encodes_once_like_the_two_pass_wrapper():
 
 
 def test_bench_counts_flops_of_known_layers():
-    from vocabseg.engine.bench import count_flops
+    from vocabseg.engine.bench.measure import count_flops
     x, w = torch.randn(3, 10, 16), torch.randn(8, 16)
     q = torch.randn(1, 2, 9, 4)
     with torch.no_grad():

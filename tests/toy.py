@@ -4,7 +4,8 @@ layout must give the same scores inside the image."""
 import torch
 import torch.nn as nn
 
-from vocabseg.models.base import Protocol, SegModel
+from vocabseg.protocol import Protocol
+from vocabseg.model import SegModel
 
 
 class PointwiseModel(SegModel):

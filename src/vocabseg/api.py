@@ -199,7 +199,7 @@ class Segmenter:
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
         if tta:
-            from .engine.tta import infer_tta
+            from .engine.inference.tta import infer_tta
             scores = infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
         else:
             scores = inference.scores(self.model, self.features, text, vocab).float().cpu()
@@ -212,7 +212,7 @@ class Segmenter:
         """Semantic results for several images (paths, PIL, arrays, tensors): crops of equal
         padded size go through the model ``batch_size`` at a time (``engine.batched``).
         The last-image feature cache is left untouched."""
-        from .engine.batched import infer_batch
+        from .engine.inference.batched import infer_batch
         vocab = Vocabulary.resolve(vocabulary)
         imgs = [load_image(im) for im in images]
         text = self.text(vocab, templates)

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..engine import bench_report
+    from ..engine.bench import report as bench_report
     from ..errors import UserError
     from ..hub import all_specs, get_spec
     models = list(all_specs()) if args.models is None else args.models

@@ -54,8 +54,8 @@ def run(args) -> int:
     from ..cli import UserError
     from ..data import get_dataset
     from ..engine import distributed as D
-    from ..engine.checkpoint import atomic_write_text
-    from ..engine.evaluate import evaluate, summary_lines
+    from ..engine.training.checkpoint import atomic_write_text
+    from ..engine.evaluation.evaluate import evaluate, summary_lines
     from ..text import TEMPLATE_SETS
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")

@@ -126,7 +126,7 @@ def run(args) -> int:
             continue
         result.save(out, stem)
         if args.show_groups:
-            from ..models.segclip import groups_image
+            from ..methods.segclip.model import groups_image
             groups_image(model.group_map(seg.features), seg._image).save(out / f"{stem}_groups.png")
     bar.close()
     done, seconds = len(mine) - failed, time.perf_counter() - start

@@ -37,8 +37,8 @@ def run(args) -> int:
     import signal
     from ..cli import UserError
     from ..engine import distributed as D
-    from ..engine.config import load_config
-    from ..engine.train import train
+    from ..engine.training.config import load_config
+    from ..engine.training.train import train
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise UserError(f"expected key=value overrides after the config, got {bad[0]!r}")

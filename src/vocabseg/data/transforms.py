@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..protocol import shortest_edge_size
+
 IMAGE_PAD = 128
 PAN_PAD = 0
 
@@ -113,16 +115,6 @@ def hflip(item: Item) -> Item:
 
 
 # --- random transforms -------------------------------------------------------
-def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge output (H, W) for a target short side."""
-    scale = short / min(h, w)
-    nh, nw = (short, scale * w) if h < w else (scale * h, short)
-    if max(nh, nw) > max_size:
-        s = max_size / max(nh, nw)
-        nh, nw = nh * s, nw * s
-    return int(nh + 0.5), int(nw + 0.5)
-
-
 class ResizeShortestEdge:
     """Short side drawn uniformly from ``short_sizes``, long side capped at ``max_size``."""
 

@@ -1,0 +1,106 @@
+"""Runs the benchmark workers of ``engine.bench`` / ``engine.bench_batch`` and
+formats the results as markdown tables (what ``vocabseg bench`` prints)."""
+from __future__ import annotations
+
+import os
+import platform
+
+from . import measure as bench
+from .batch import bench_batch
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import torch
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run(models: list[str], runs: int = 5, warmup: int = 1, threads: int = 2, plain: bool = False,
+        text_models: list[str] = (), batch: bool = False, batch_model: str = "san-vit-b16", batch_images: int = 8,
+        wait: bool = False, log=print) -> dict:
+    """All measurements; ``wait`` waits for an idle machine before each one."""
+    def before():
+        if wait:
+            bench.wait_idle(0.05, log=log)
+    out = {"machine": machine(), "threads": threads, "runs": runs, "warmup": warmup}
+    before()
+    out["busy_at_start"] = bench.cpu_busy()
+    out["peak"] = bench.run_worker("peak", threads=threads)["gflops"]
+    out["peak_1_thread"] = bench.run_worker("peak", threads=1)["gflops"]
+    log(f"fp32 matmul peak: {out['peak']:.1f} GFLOP/s on {threads} threads, {out['peak_1_thread']:.1f} on 1")
+    out["models"] = []
+    for name in models:
+        before()
+        log(f"model {name}")
+        out["models"].append(bench.run_worker("model", name=name, threads=threads, runs=runs, warmup=warmup,
+                                              plain=plain))
+    out["text"] = []
+    for name in text_models:
+        from ...hub import get_spec
+        for vocab in bench.TEXT_VOCABS.get(get_spec(name).family, ("ade150", "ade847")):
+            before()
+            log(f"text {name} {vocab}")
+            out["text"].append(bench.run_worker("text", name=name, vocab_name=vocab, threads=threads))
+    if batch:
+        log(f"batch inference ({batch_model}, {batch_images} images)")
+        out["batch"] = bench_batch(batch_model, batch_images, log=log, before=before)
+    return out
+
+
+def _f(x, digits=2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def tables(r: dict) -> str:
+    """Markdown tables of a ``run`` result."""
+    peak = r["peak"]
+    scale = bench.ISSUE_PEAK / peak
+    lines = [f"CPU: {r['machine']['cpu']} ({r['machine']['cpus']} CPUs), torch {r['machine']['torch']}, "
+             f"{r['threads']} threads, fp32. Matrix-multiply peak measured in this run: {peak:.1f} GFLOP/s "
+             f"({r['peak_1_thread']:.1f} on 1 thread); the issue's host: {bench.ISSUE_PEAK:.0f}, "
+             f"ratio {scale:.2f}. Latency: median of {r['runs']} runs after {r['warmup']} warm-up.", ""]
+    if r["models"]:
+        plain = any("plain" in m for m in r["models"])
+        lines += ["| model | input | latency (s) | encode + classify (s) | GFLOP | GFLOP/s | of peak | peak RSS (GB) |"
+                  + (" plain path (s) |" if plain else "") + " issue: published → target (s) | target × peak ratio (s) |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if plain else "") + "---|---|"]
+        for m in r["models"]:
+            f = m["fast"]
+            gflop = f["gflop_encode"] + f["gflop_classify"]
+            rate = gflop / f["latency"]
+            pub, target = bench.TARGETS.get(m["model"], (None, None))
+            row = (f"| `{m['model']}` | {m['size'][0]}×{m['size'][1]} | **{f['latency']:.2f}** | "
+                   f"{f['encode']:.2f} + {f['classify']:.2f} | {gflop:.0f} | {rate:.0f} | {rate / peak:.0%} | "
+                   f"{m['peak_rss_mb'] / 1024:.1f} |")
+            if plain:
+                row += f" {_f(m.get('plain', {}).get('latency'))} |"
+            row += (f" {_f(pub)} → {_f(target)} | {_f(target * scale if target else None)} |")
+            lines.append(row)
+        lines.append("")
+    if r.get("text"):
+        lines += ["| text tower | vocabulary (ViLD templates) | prompts | uncached (s) | prompts/s | cached (s) | "
+                  "identity hash, once per load (s) | issue target uncached / cached (s) | uncached target × peak ratio (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for t in r["text"]:
+            target = bench.TEXT_TARGET.get(t["model"]) if t["vocabulary"].startswith("ade150") else None
+            lines.append(f"| `{t['model']}` | {t['vocabulary']} ({t['synonyms']} names) | {t['prompts']} | "
+                         f"**{t['uncached']:.1f}** | {t['prompts_per_s']:.0f} | **{t['cached']:.3f}** | "
+                         f"{t['identity']:.2f} | {_f(target[0], 0) + ' / ' + _f(target[1], 1) if target else '—'} | "
+                         f"{_f(target[0] * scale, 0) if target else '—'} |")
+        lines.append("")
+    b = r.get("batch")
+    if b:
+        lines += [f"`vocabseg segment DIR` with `{b['model']}` (random weights), {b['configs'][0]['images']} images of "
+                  f"{b['image_size']}×{b['image_size']}, vocabulary {b['vocabulary']} (text cached):", "",
+                  "| configuration | images/s | vs 1 process × 1 thread | slowest image loop (s) | whole command (s) |",
+                  "|---|---|---|---|---|"]
+        for c in b["configs"]:
+            lines.append(f"| {c['label']} | **{c['images_per_s']:.3f}** | {_f(c['speedup_vs_1x1'])}× | "
+                         f"{c['loop_s']:.1f} | {c['wall_s']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Benchmark evaluation: batched inference over a dataset split, sharded across
+torchrun processes, reduced exactly (see ``metrics.py`` and ``distributed.py``).
+
+``evaluate(model, dataset)`` returns a dict (the JSON ``vocabseg eval`` writes):
+
+- semantic: ``miou_gt``, ``miou_any``, ``fwiou``, ``macc``, ``pacc`` (percent),
+  ``per_class_iou``, ``classes_gt`` / ``classes_any``, ``pixels``;
+- panoptic benchmarks with a model whose ``tasks`` include "panoptic":
+  ``pq`` = {all, things, stuff: {pq, sq, rq, n}} and ``per_class_pq``; with
+  "instance" also ``mask_ap`` = {ap, ap50, ap75, aps, apm, apl};
+- ``images``, ``vocabulary``, ``templates``, ``batch_size``, ``world_size``, ``seconds``.
+
+A dataset is anything with ``__len__`` / ``__getitem__`` giving items with
+``image`` (uint8 [3, H, W]) and ``sem_seg`` (LongTensor [H, W]), plus
+``num_classes``, ``ignore_index`` and ``name`` (panoptic: items with
+``pan_seg`` / ``segments_info`` and a ``thing_ids`` attribute) — the readers of
+``vocabseg.data`` are.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import distributed as D
+from .. import inference
+from ..inference.batched import infer_batch
+from .mask_ap import detections, gt_instances, mask_ap
+from .metrics import ConfusionMatrix, PanopticStats, panoptic_metrics, semantic_metrics
+from .subset import with_vocabulary
+
+# The class-name convention each family's published evaluation used.
+DEFAULT_CONVENTION = {"san": "san", "fcclip": "fcclip", "maskclip": "tf", "segclip": None}
+
+
+def model_family(model) -> str | None:
+    """The zoo family of a model built from a preset (None when unknown)."""
+    from ...hub import get_spec
+    preset = (getattr(model, "config", None) or {}).get("preset")
+    try:
+        return get_spec(preset).family if preset else None
+    except KeyError:
+        return None
+
+
+def dataset_vocabulary(dataset, convention: str | None = "auto", family: str | None = None):
+    """(Vocabulary, convention used) of ``dataset``. ``auto``: the family's published
+    convention (``DEFAULT_CONVENTION``) when the dataset ships it, else its default names."""
+    if convention == "auto":
+        convention = DEFAULT_CONVENTION.get(family)
+        if convention not in getattr(dataset, "conventions", ()):
+            convention = None
+    elif convention and convention not in getattr(dataset, "conventions", ()):
+        have = ", ".join(getattr(dataset, "conventions", ())) or "none"
+        raise ValueError(f"dataset {dataset.name} has no {convention!r} class names (it has: {have})")
+    return dataset.vocabulary_for(convention), convention or "default"
+
+
+def _tasks(model) -> tuple:
+    return tuple(getattr(model, "tasks", ("semantic",)))
+
+
+@torch.no_grad()
+def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None, batch_size: int = 4,
+             workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto") -> dict:
+    """Evaluate ``model`` on ``dataset`` (this process's share under torchrun) -> metrics dict
+    (identical on every process). ``vocab`` defaults to ``dataset_vocabulary``; a
+    vocabulary of fewer classes evaluates on those classes (``subset.py``);
+    ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images."""
+    from tqdm.auto import tqdm
+    t0 = time.time()
+    used = "custom"
+    if vocab is None:
+        vocab, used = dataset_vocabulary(dataset, convention, model_family(model))
+    dataset = with_vocabulary(dataset, vocab)      # fewer classes: labels remapped, the others ignored
+    if hasattr(model, "set_dataset"):
+        model.set_dataset(dataset.name)
+    model.eval()
+    device = next(model.parameters()).device
+    if text is None:
+        text = model.text_encoder(templates)(vocab)
+    text = text.to(device)
+    panoptic = getattr(dataset, "task", "semantic") == "panoptic" and "panoptic" in _tasks(model)
+    instance = panoptic and "instance" in _tasks(model)
+
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    dist = D.info()
+    batches = D.batch_shard(n, batch_size, dist.rank, dist.world_size)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=list,
+                        persistent_workers=False)
+    conf = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
+    pq = PanopticStats(dataset.num_classes) if panoptic else None
+    gts, dets = [], []
+    bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not (progress and dist.is_main),
+               desc=f"eval {dataset.name}" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""))
+    for indices, items in zip(batches, loader):
+        images = [it["image"].float().div(255) for it in items]
+        if panoptic:   # per image: one encoding serves every output
+            for idx, img, it in zip(indices, images, items):
+                feats = inference.encode(model, img.to(device))
+                conf.update(inference.scores(model, feats, text, vocab).argmax(0), it["sem_seg"])
+                pan = inference.panoptic(model, feats, text, vocab)
+                pq.update(it["pan_seg"], it["segments_info"], pan["pan_seg"].cpu(), pan["segments"])
+                if instance:
+                    gts.append(gt_instances(idx, it["pan_seg"], it["segments_info"], dataset.thing_ids))
+                    dets.extend(detections(idx, inference.instances(model, feats, text, vocab)))
+        else:
+            for scores, it in zip(infer_batch(model, images, text, vocab, max_crops=batch_size), items):
+                conf.update(scores.argmax(0), it["sem_seg"])
+        bar.update(len(items))
+    bar.close()
+
+    result = {"dataset": dataset.name, "split": getattr(dataset, "split", None), "images": n,
+              "vocabulary": used, "templates": templates or model.template_set, "batch_size": batch_size,
+              "world_size": dist.world_size}
+    result.update(semantic_metrics(D.all_reduce_sum(conf.mat), vocab.names))
+    if panoptic:
+        stats = panoptic_metrics(D.all_reduce_sum(pq.stats), dataset.thing_ids, vocab.names)
+        result["per_class_pq"] = stats.pop("per_class")
+        result["pq"] = stats
+    if instance:
+        gathered = D.all_gather_objects((gts, dets))
+        result["mask_ap"] = D.broadcast_object(
+            mask_ap([g for gs, _ in gathered for g in gs], [d for _, ds in gathered for d in ds],
+                    dataset.thing_ids, vocab.names) if dist.is_main else None)
+    result["seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """Human-readable lines of an ``evaluate`` result."""
+    def f(v):
+        return "n/a" if v is None else f"{v:.2f}"
+    lines = [f"{result['dataset']} ({result['images']} images, vocabulary {result['vocabulary']}, "
+             f"templates {result['templates']})",
+             f"  miou_gt  {f(result['miou_gt'])}   (mean over the {result['classes_gt']} classes in the ground truth)",
+             f"  miou_any {f(result['miou_any'])}   (mean over the {result['classes_any']} classes in ground truth "
+             "or prediction)",
+             f"  fwIoU {f(result['fwiou'])}   mAcc {f(result['macc'])}   pAcc {f(result['pacc'])}"]
+    if "pq" in result:
+        for k in ("all", "things", "stuff"):
+            q = result["pq"][k]
+            lines.append(f"  PQ {k:<6} {f(q['pq'])}   SQ {f(q['sq'])}   RQ {f(q['rq'])}   ({q['n']} categories)")
+    if "mask_ap" in result:
+        a = result["mask_ap"]
+        lines.append(f"  mask AP {f(a['ap'])}   AP50 {f(a['ap50'])}   AP75 {f(a['ap75'])}")
+    return lines

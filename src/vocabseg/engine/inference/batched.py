@@ -1,0 +1,65 @@
+"""Batched form of ``inference.infer``: the crops of several images (whole
+images, or sliding windows) that share a padded size go through
+``encode_image`` / ``classify`` together, at most ``max_crops`` at a time.
+Each image's scores are then assembled exactly as ``inference.scores`` does;
+with ``max_crops=1`` the result is bit-identical to ``infer`` image by image.
+"""
+from __future__ import annotations
+
+import torch
+
+from .image import finish_windows, select
+from ...protocol import pad_to_multiple, preprocess, protocol_boxes
+
+
+@torch.no_grad()
+def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, protocol=None,
+                max_crops: int = 8) -> list[torch.Tensor]:
+    """Images float [3, H_i, W_i] in 0..1 -> per-class scores [C, H_i, W_i] each
+    (on the model's device)."""
+    p = protocol or model.protocol
+    if max_crops < 1:
+        raise ValueError(f"max_crops must be at least 1, got {max_crops}")
+    device = next(model.parameters()).device
+    crops, resized = [], []          # crops: (image index, box, padded crop [3, h, w])
+    for i, img in enumerate(images):
+        x = preprocess(img.to(device), p)
+        h, w = x.shape[-2:]
+        resized.append((h, w))
+        for (y0, x0, y1, x1) in protocol_boxes(p, h, w):
+            crops.append((i, (y0, x0, y1, x1),
+                          pad_to_multiple(x[..., y0:y1, x0:x1], p.size_divisibility, p.pad_value)[0]))
+    by_shape: dict[tuple, list[int]] = {}
+    for k, (_, _, c) in enumerate(crops):
+        by_shape.setdefault(tuple(c.shape), []).append(k)
+    total: list = [None] * len(images)
+    count: list = [None] * len(images)
+    done: list = [None] * len(images)
+    own_post = hasattr(model, "classify_at") and p.mode == "whole"   # as inference.scores does
+    for ks in by_shape.values():
+        for s in range(0, len(ks), max_crops):
+            chunk = ks[s:s + max_crops]
+            feats = model.encode_image(torch.stack([crops[k][2] for k in chunk]))
+            if own_post:
+                for j, k in enumerate(chunk):
+                    i, (y0, x0, y1, x1), _ = crops[k]
+                    out = model.classify_at(select(feats, j), text, vocab, crop=(y1 - y0, x1 - x0),
+                                            size=tuple(images[i].shape[-2:]))
+                    done[i] = model.finalize(out, vocab)[0]
+                continue
+            out = model.classify(feats, text, vocab)
+            for j, k in enumerate(chunk):
+                i, (y0, x0, y1, x1), _ = crops[k]
+                sc = out[j:j + 1, :, : y1 - y0, : x1 - x0]
+                if total[i] is None:
+                    total[i] = sc.new_zeros((1, sc.shape[1], *resized[i]))
+                    count[i] = sc.new_zeros((1, 1, *resized[i]))
+                total[i][..., y0:y1, x0:x1] += sc
+                count[i][..., y0:y1, x0:x1] += 1
+    results = []
+    for i, img in enumerate(images):
+        if done[i] is not None:
+            results.append(done[i])
+            continue
+        results.append(finish_windows(model, total[i], count[i], img.shape[-2:], vocab))
+    return results

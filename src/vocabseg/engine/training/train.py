@@ -1,0 +1,334 @@
+"""The training engine behind ``vocabseg train CONFIG``: any model with
+``forward_train(batch, vocab)`` (SAN, FC-CLIP, SegCLIP), one process or many
+under torchrun (DistributedDataParallel), resumable exactly.
+
+One iteration: set the learning rates (``schedule.py``), the model's weighted
+losses under autocast (bf16 / fp16 with a gradient scaler), their sum
+backwards, gradient clipping (``optim.py``), an optimiser step. Every
+``log_every`` iterations a JSON line goes to ``<output>/metrics.jsonl`` (and
+TensorBoard when asked); every ``checkpoint_every`` iterations, and when the run
+ends or is stopped (SIGTERM, Ctrl-C), the full state is saved atomically
+(``checkpoint.py``); every ``eval_every`` iterations and at the end the
+``eval.datasets`` are evaluated with the evaluation engine. At the end the
+model is also written as a vocabseg checkpoint folder ``<output>/model``
+(``vocabseg eval --model <output>/model``).
+
+Resume (``resume=True`` or a path) restores the model, optimiser, scaler and
+every process's random states and continues at the next global batch, so the
+loss sequence and weights equal those of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+from .. import distributed as D
+from .checkpoint import (
+    last_checkpoint, load_training_state, preserved_rng, rng_state, save_training_state, seed_all,
+    set_rng_state)
+from .optim import build_optimizer, clip_gradients, param_groups
+from ..precision import autocast
+from .schedule import Schedule
+from ..evaluation.subset import with_vocabulary
+from .data import EpochBatches, SeededTransform, build_sources, concat, make_loader
+
+
+
+def build_model(mcfg: dict):
+    """``model`` section -> the preset's model (``clip_weights``; ``weights``: a
+    published file or a vocabseg checkpoint to start from; other keys: build options)."""
+    from ...hub import get_spec
+    try:
+        spec = get_spec(mcfg["preset"])
+    except KeyError as e:
+        raise ValueError(str(e.args[0])) from None
+    options = {k: v for k, v in mcfg.items() if k not in ("preset", "clip_weights", "weights")}
+    try:
+        model = spec.build(clip_weights=mcfg.get("clip_weights"), **options)
+    except TypeError as e:
+        raise ValueError(f"model options {sorted(options)} do not fit preset {spec.name}: {e}") from None
+    if mcfg.get("weights"):
+        from ...checkpoint import is_checkpoint, load_checkpoint
+        src = mcfg["weights"]
+        if is_checkpoint(src):
+            model.load_state_dict(load_checkpoint(src).state_dict())
+        else:
+            import importlib
+            importlib.import_module(f"vocabseg.convert.{spec.family}").load_published(model, src)
+        if hasattr(model, "reset_text_cache"):
+            model.reset_text_cache()
+    return model
+
+
+def train_vocabulary(cfg: dict, sources: list, model):
+    """``data.vocabulary`` (a vocabulary string, e.g. ``coco-stuff:san``, or a subset of
+    the benchmark's classes: see ``subset.py``), else the benchmark's names in the
+    model family's convention, else None (captions)."""
+    from ...vocab import Vocabulary
+    from ..evaluation.evaluate import dataset_vocabulary, model_family
+    if cfg["data"]["vocabulary"]:
+        return Vocabulary.resolve(cfg["data"]["vocabulary"])
+    bench = [s for s in sources if hasattr(s, "vocabulary_for")]
+    return dataset_vocabulary(bench[0], "auto", model_family(model))[0] if bench else None
+
+
+class TrainStep(nn.Module):
+    """``forward(batch, vocab)`` = ``model.forward_train`` (what DDP wraps)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, vocab):
+        return self.model.forward_train(batch, vocab)
+
+
+class _Stop:
+    """SIGTERM / first Ctrl-C ask for a clean stop after the current iteration."""
+
+    def __init__(self):
+        self.signal = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:     # not the main thread
+                pass
+        return self
+
+    def _handle(self, sig, frame):
+        if self.signal and sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = sig
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_eval(model, cfg: dict, datasets: dict, iteration: int, output_dir: Path, workers: int) -> dict:
+    """Evaluate ``datasets`` ({name: reader} of ``eval.datasets``; random states untouched)
+    -> {dataset: metrics}."""
+    import dataclasses
+    from ..evaluation.evaluate import evaluate
+    ev = cfg["eval"]
+    saved = model.protocol
+    out = {}
+    try:
+        with preserved_rng():
+            model.protocol = dataclasses.replace(saved, **ev["protocol"])
+            if hasattr(model, "reset_text_cache"):
+                model.reset_text_cache()
+            for name, ds in datasets.items():
+                r = evaluate(model, ds, templates=ev["templates"], batch_size=ev["batch_size"], workers=workers,
+                             limit=ev["limit"], progress=False, convention=ev["vocab_convention"])
+                out[name] = {k: r[k] for k in ("miou_gt", "miou_any", "fwiou", "macc", "pacc", "images")}
+                if "pq" in r:
+                    out[name]["pq"] = r["pq"]["all"]["pq"]
+                if D.is_main():
+                    path = output_dir / "eval" / f"iter_{iteration:08d}_{name}.json"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps({"iteration": iteration, **r}, indent=1))
+    finally:
+        model.protocol = saved
+        model.train()
+    return out
+
+
+class MetricsLog:
+    """JSON lines in ``metrics.jsonl`` (+ TensorBoard scalars), written by process 0."""
+
+    def __init__(self, output_dir: Path, start: int, tensorboard: bool):
+        self.path = output_dir / "metrics.jsonl"
+        self.tb = None
+        if not D.is_main():
+            return
+        if self.path.exists():    # a resumed run: drop lines past the checkpoint
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("iter", 0) <= start]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("train.tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not D.is_main():
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in _flat(record).items():
+                if isinstance(v, (int, float)) and k != "iter":
+                    self.tb.add_scalar(k, v, record["iter"])
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | Path = False,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Run a validated config (``config.load_config``). Returns a summary dict with
+    ``iteration``, ``total``, ``stopped`` (a signal ended the run early), ``output_dir``,
+    ``checkpoint``, ``last_loss``, ``eval`` (last evaluation) and ``model`` (the trained module)."""
+    from tqdm.auto import tqdm
+    t_cfg, o_cfg = cfg["train"], cfg["optim"]
+    output_dir = Path(output_dir or t_cfg["output_dir"] or "")
+    if not str(output_dir) or str(output_dir) == ".":
+        raise ValueError("no output folder: set train.output_dir or pass --output DIR")
+    ev = cfg["eval"]
+    eval_sets = {}            # read once; a missing evaluation set fails now, not after hours of training
+    if ev["datasets"]:
+        from ...data import get_dataset
+        for name in ev["datasets"]:
+            try:
+                eval_sets[name] = get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
+            except KeyError as e:
+                raise ValueError(f"eval.datasets: {e.args[0]}") from None
+    dist = D.init(device)
+    seed = t_cfg["seed"]
+    seed_all(seed)                                    # identical initial weights on every process
+    model = build_model(cfg["model"]).to(dist.device)
+    if not hasattr(model, "forward_train"):
+        raise ValueError(f"model {cfg['model']['preset']} has no forward_train: it cannot be trained")
+    sources = build_sources(cfg["data"])
+    vocab = train_vocabulary(cfg, sources, model)
+    if vocab is not None:        # benchmark labels follow the training vocabulary (a subset: others ignored)
+        sources = [with_vocabulary(s, vocab) if hasattr(s, "vocabulary_for") else s for s in sources]
+    train_set = concat(sources)
+    transform = model.train_transform(cfg) if hasattr(model, "train_transform") else None
+    ignore = getattr(sources[0], "ignore_index", None)
+    data = SeededTransform(train_set, transform, seed, ignore)
+    batch = t_cfg["batch_size"]
+    per_epoch = len(train_set) // batch
+    if per_epoch == 0:
+        raise ValueError(f"the training set has {len(train_set)} samples, fewer than train.batch_size {batch}")
+    s_cfg = cfg["schedule"]
+    total = s_cfg["iterations"] or math.ceil(s_cfg["epochs"] * per_epoch)
+    schedule = Schedule.from_config(s_cfg, total)
+    optimizer = build_optimizer(param_groups(model, cfg), o_cfg)
+    precision = t_cfg["precision"]
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
+
+    start = 0
+    if resume:
+        path = last_checkpoint(output_dir) if resume is True else resume
+        if path is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint under {output_dir / 'checkpoints'}")
+        state = load_training_state(path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        if state.get("world_size", 1) != dist.world_size and dist.is_main:
+            print(f"warning: the checkpoint was written by {state['world_size']} processes, this run has "
+                  f"{dist.world_size}: data order is kept, random states are not", flush=True)
+        set_rng_state(state["rng"][dist.rank % len(state["rng"])])
+    else:
+        seed_all(seed + dist.rank)                    # per-process training randomness
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    step = TrainStep(model)
+    if dist.world_size > 1:
+        step = nn.parallel.DistributedDataParallel(
+            step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+            find_unused_parameters=t_cfg["find_unused_parameters"])
+    log = MetricsLog(output_dir, start, t_cfg["tensorboard"])
+    workers = cfg["data"]["workers"]
+
+    def save(it: int) -> Path | None:
+        rngs = D.all_gather_objects(rng_state())
+        if not dist.is_main:
+            return None
+        return save_training_state(output_dir, {
+            "iteration": it, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "schedule": schedule.state_dict(), "rng": rngs,
+            "world_size": dist.world_size, "config": cfg}, keep=t_cfg["keep_checkpoints"])
+
+    it, saved_at, evaluated, last_eval, last_loss = start, start, -1, None, None
+    bar = tqdm(total=total, initial=start, unit="it", desc="train", disable=not (progress and dist.is_main))
+    model.train()
+    tick = time.time()
+    with _Stop() as stop:
+        while it < total and not stop.signal:
+            epoch, position = divmod(it, per_epoch)
+            batches = EpochBatches(len(train_set), batch, dist.rank, dist.world_size, seed, epoch, position)
+            loader = make_loader(data, batches, workers, pin=dist.device.type == "cuda")
+            for items in loader:
+                schedule.apply(optimizer, it)
+                with autocast(dist.device.type, precision):
+                    losses = step(items, vocab)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss is {loss.item()} at iteration {it + 1}: "
+                                             + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items()))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = clip_gradients(optimizer, o_cfg["clip_grad_norm"], o_cfg["clip_grad_type"])
+                scaler.step(optimizer)
+                scaler.update()
+                it += 1
+                bar.update(1)
+                if it % t_cfg["log_every"] == 0 or it == total:
+                    values = D.all_reduce_sum(torch.stack([loss.detach().float()] + [v.detach().float()
+                                              for v in losses.values()]).cpu()) / dist.world_size
+                    last_loss = float(values[0])
+                    record = {"iter": it, "epoch": epoch, "loss": last_loss,
+                              **{k: float(v) for k, v in zip(losses, values[1:])},
+                              "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                              "seconds_per_iter": round((time.time() - tick) / t_cfg["log_every"], 4)}
+                    log.write(record)
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                    tick = time.time()
+                if dist.world_size > 1:    # every process stops at the same iteration
+                    flag = D.all_reduce_sum(torch.tensor([stop.signal], dtype=torch.int64))
+                    stop.signal = stop.signal or (int(flag.item()) and signal.SIGTERM)
+                if t_cfg["checkpoint_every"] and it % t_cfg["checkpoint_every"] == 0:
+                    save(it)
+                    saved_at = it
+                if t_cfg["eval_every"] and it % t_cfg["eval_every"] == 0 and cfg["eval"]["datasets"]:
+                    last_eval = run_eval(model, cfg, eval_sets, it, output_dir, workers)
+                    evaluated = it
+                    log.write({"iter": it, "eval": last_eval})
+                if stop.signal or it >= total:
+                    break
+        bar.close()
+        path = save(it) if saved_at != it else None
+        if path is None and dist.is_main:
+            path = last_checkpoint(output_dir)
+        if not stop.signal:
+            if cfg["eval"]["datasets"] and evaluated != it:
+                last_eval = run_eval(model, cfg, eval_sets, it, output_dir, workers)
+                log.write({"iter": it, "eval": last_eval})
+            if dist.is_main:
+                from ...checkpoint import save_checkpoint
+                save_checkpoint(model, output_dir / "model", extra={"iteration": it})
+    log.close()
+    D.barrier()
+    model.eval()
+    return {"iteration": it, "total": total, "stopped": bool(stop.signal), "signal": int(stop.signal),
+            "output_dir": str(output_dir), "checkpoint": str(path) if path else None, "last_loss": last_loss,
+            "eval": last_eval, "model": model}

@@ -1,0 +1,265 @@
+"""Training-free dense CLIP: MaskCLIP, SCLIP, ClearCLIP and NACLIP.
+
+Every method runs a frozen open_clip ViT unchanged up to its last block and
+replaces only that block (``LAST_BLOCK``); ``ln_post`` and ``proj`` then map
+every token to the joint space, the class token is dropped and the patch
+embeddings are compared with the text embeddings by cosine similarity. For
+per-head q, k, v of the last block's ``ln_1`` input and s = head_dim ** -0.5:
+
+=========  ===============================================  ========  =====
+method     attention weights                                residual  FFN
+=========  ===============================================  ========  =====
+maskclip   identity (each token keeps its value embedding)  no        no
+sclip      softmax(s q qᵀ) + softmax(s k kᵀ)                yes       yes
+clearclip  softmax(s q qᵀ)                                  no        no
+naclip     softmax(s k kᵀ + ω), ω Gaussian over the grid    no        no
+=========  ===============================================  ========  =====
+
+Without the residual, the block output is ``out_proj`` of the weighted values
+alone. NACLIP's ω[(i, j), (k, l)] = exp(-((i-k)² + (j-l)²) / (2 std²)), std 5,
+unnormalised (1 on the diagonal), 0 in the class token's row and column.
+
+MaskCLIP here is the variant the SCLIP / ClearCLIP / NACLIP papers evaluate
+(ClearCLIP's ``model_type='MaskCLIP'``, ``ignore_residual=True``). The original
+chongzhou96/MaskCLIP code differs: it adds the residual and the FFN to the value
+path and uses exact GELU and LayerNorm eps 1e-6 with CLIP's weights.
+
+Inference follows the references' ``forward_slide`` / ``postprocess_result``
+through ``engine.inference``: each window's cosine maps [S, h, w] (one per
+synonym) are resized bilinearly to the window, averaged over windows, resized
+to the image, then ``finalize`` takes softmax(logit_scale · cos) over all
+synonyms, the max over each class's synonyms and, on vocabularies with a
+background class only, SCLIP's area filter and the probability threshold
+(pixels whose best class probability is below ``prob_thd`` become background).
+Windows are not padded by the engine: SCLIP / NACLIP drop the pixels past the
+last whole patch (the patch convolution floors) and stretch the map back over
+the window; ClearCLIP (and MaskCLIP, whose runnable reference is ClearCLIP's
+code) pads the window centred to a patch multiple and crops the map. Only
+windows that are not patch multiples see the difference. Published per-benchmark settings are in ``maskclip_settings``
+(``model.set_dataset(name)``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...backbones.clip import create_clip, tensor_fingerprint
+from ...backbones.vit import ClipViT, block_with_attention
+from ...hub import ModelSpec
+from ...vocab import Vocabulary, reduce_synonyms
+from ...protocol import Protocol
+from ...model import SegModel
+from .settings import METHODS, PUBLISHED, TINY, settings_for
+
+# method -> (residual and FFN kept, window padding); attention weights in ``attention_weights``.
+LAST_BLOCK = {"maskclip": (False, "center"), "sclip": (True, "floor"),
+              "clearclip": (False, "center"), "naclip": (False, "floor")}
+
+
+def gaussian_bias(grid: tuple[int, int], std: float, num_prefix: int = 1) -> torch.Tensor:
+    """NACLIP's neighbourhood bias ω [P + h*w, P + h*w] for a row-major h x w
+    grid after ``num_prefix`` tokens (zero rows / columns)."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    d2 = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2
+    out = torch.zeros(num_prefix + h * w, num_prefix + h * w, dtype=torch.float64)
+    out[num_prefix:, num_prefix:] = torch.exp(-d2 / (2 * std ** 2))
+    return out.float()
+
+
+def attention_weights(method: str, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None):
+    """Last-block attention weights [B, heads, N, N] from q, k [B, heads, N, d]
+    (None = identity, MaskCLIP)."""
+    s = q.shape[-1] ** -0.5
+    if method == "maskclip":
+        return None
+    if method == "sclip":
+        return (s * q @ q.transpose(-2, -1)).softmax(-1) + (s * k @ k.transpose(-2, -1)).softmax(-1)
+    if method == "clearclip":
+        return (s * q @ q.transpose(-2, -1)).softmax(-1)
+    if method == "naclip":   # the bias is added to the scaled logits (NACLIP's custom_attn, 'naclip' strategy)
+        return (s * k @ k.transpose(-2, -1) + bias.to(k.dtype)).softmax(-1)
+    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(LAST_BLOCK)}")
+
+
+@dataclass
+class DenseFeatures:
+    """``encode_image`` output for B windows."""
+    features: torch.Tensor          # [B, D, h, w] unit-norm patch embeddings
+    size: tuple[int, int]           # (H, W) of the window given to encode_image
+    padded: tuple[int, int]         # (H', W') after centred padding (== size when not padded)
+    offset: tuple[int, int]         # (top, left) of the window inside the padded input
+
+
+class TrainingFreeCLIP(SegModel):
+    """One of ``LAST_BLOCK``'s methods over an open_clip ViT (``clip.visual``)."""
+
+    template_set = "imagenet"       # OpenAI's 80 ImageNet templates, each normalised, averaged, renormalised
+    text_average = "normalized"
+    # As published, the softmax runs over all synonyms before the max per class, so a
+    # synonym repeated with the same embedding lowers the probabilities (not the argmax).
+    synonym_softmax = True
+
+    def __init__(self, clip: nn.Module, tokenizer, identity: str, method: str, gaussian_std: float = 5.0,
+                 settings: dict | None = None):
+        super().__init__()
+        if method not in LAST_BLOCK:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(LAST_BLOCK)}")
+        _check_vit(clip)
+        self.clip, self.tokenizer, self.clip_identity = clip, tokenizer, identity
+        self._identity: str | None = None
+        self.__dict__["vit"] = ClipViT(clip.visual, pos_offset=0.1)   # a view; DINO-style position resizing
+        self.method, self.gaussian_std = method, float(gaussian_std)
+        self.residual, self.padding = LAST_BLOCK[method]
+        self.base_settings = {**METHODS[method], **(settings or {})}
+        self.dataset: str | None = None
+        self._use_settings(self.base_settings)
+
+    # --- settings --------------------------------------------------------------
+    def _use_settings(self, s: dict) -> None:
+        self.protocol = Protocol(short_side=s["short_side"], max_side=s["max_side"], mode=s["mode"],
+                                 window=s["window"], stride=s["stride"], size_divisibility=1,
+                                 resize="cv2")   # mmseg's Resize: mmcv.imrescale, OpenCV bilinear on uint8
+        self.logit_scale, self.prob_thd, self.area_thd = float(s["logit_scale"]), float(s["prob_thd"]), s["area_thd"]
+        if not 0.0 <= self.prob_thd <= 1.0:
+            raise ValueError(f"prob_thd is a probability in [0, 1], got {self.prob_thd}")
+
+    def set_dataset(self, name: str | None) -> None:
+        """Use the published settings of benchmark ``name`` (resize, window,
+        logit scale, background threshold: ``maskclip_settings``); None restores the defaults."""
+        self._use_settings(self.base_settings if name is None else settings_for(self.method, name, self.base_settings))
+        self.dataset = name
+        if self.config:   # a saved checkpoint rebuilds with the same settings
+            self.config = {k: v for k, v in self.config.items() if k != "dataset"}
+            if name is not None:
+                self.config["dataset"] = name
+
+    def text_tower(self):
+        """(open_clip model, tokenizer, identity). Named weights keep create_clip's
+        identity; random-init weights (which may be overwritten by loading a
+        checkpoint) are named by their current content."""
+        if self._identity is None:
+            ident = self.clip_identity
+            if ":random:" in ident:
+                ident = f"{ident.split(':')[0]}:weights:{tensor_fingerprint(self.clip)}"
+            self._identity = ident
+        return self.clip, self.tokenizer, self._identity
+
+    def reset_text_cache(self) -> None:
+        super().reset_text_cache()
+        self._identity = None
+
+    # --- image -----------------------------------------------------------------
+    def dense_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images [B, 3, H, W] -> all tokens after the replaced last
+        block, ``ln_post`` and ``proj`` [B, 1 + h*w, D] (class token first), (h, w)."""
+        vit = self.vit
+        x, grid = vit.embed(images)
+        x, _ = vit.forward_blocks(x, 0, vit.num_layers - 1)
+        bias = gaussian_bias(grid, self.gaussian_std).to(x.device) if self.method == "naclip" else None
+        x = block_with_attention(vit.blocks[-1], x, lambda q, k, v: attention_weights(self.method, q, k, bias),
+                                 residual=self.residual, ffn=self.residual)
+        return vit.head(x), grid
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> DenseFeatures:
+        h, w = images.shape[-2:]
+        top = left = 0
+        if self.padding == "center":   # ClearCLIP's compute_padsize: centred, zeros (the mean colour)
+            p = self.vit.patch_size
+            ph, pw = (p - h % p) % p, (p - w % p) % p
+            top, left = ph // 2, pw // 2
+            images = F.pad(images, (left, pw - left, top, ph - top))
+        tokens, grid = self.dense_tokens(images)
+        feats = F.normalize(tokens[:, 1:], dim=-1)
+        feats = feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], *grid)
+        return DenseFeatures(feats, (h, w), tuple(images.shape[-2:]), (top, left))
+
+    def classify(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+        """[B, S, H, W] cosine similarity of each pixel with each synonym's text
+        embedding (S = len(vocab.prompts)), resized bilinearly to the window."""
+        if text.shape[0] != len(vocab.prompts):
+            raise ValueError(f"text has {text.shape[0]} rows, the vocabulary {len(vocab.prompts)} synonyms")
+        cos = torch.einsum("bdhw,sd->bshw", features.features, text.to(features.features))
+        cos = F.interpolate(cos, size=features.padded, mode="bilinear", align_corners=False)
+        (t, l), (h, w) = features.offset, features.size
+        return cos[..., t:t + h, l:l + w]
+
+    def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+        """[B, S, H, W] cosines -> [B, C, H, W] class probabilities (max over
+        synonyms of the softmax over all synonyms). With a background class: SCLIP's
+        area filter (``area_thd``) zeroes foreground classes whose predicted area is
+        at most ``area_thd`` of the predicted foreground, then pixels whose best
+        probability is below ``prob_thd`` get background probability 1."""
+        probs = (self.logit_scale * scores).softmax(1)
+        probs = reduce_synonyms(probs, vocab.synonym_index, len(vocab), dim=1)
+        bg = vocab.background
+        if bg is None:
+            return probs
+        if self.area_thd is not None:
+            area = F.one_hot(probs.argmax(1), len(vocab)).sum((1, 2)).to(probs.dtype)   # [B, C] pixels won
+            area[:, bg] = 0
+            keep = area > self.area_thd * area.sum(1, keepdim=True)
+            keep[:, bg] = True
+            probs = probs * keep[:, :, None, None]
+        low = probs.max(1).values < self.prob_thd
+        probs[:, bg] = torch.where(low, torch.ones_like(probs[:, bg]), probs[:, bg])
+        return probs
+
+
+def _check_vit(clip: nn.Module) -> None:
+    from open_clip.transformer import VisionTransformer
+    visual = getattr(clip, "visual", None)
+    if not isinstance(visual, VisionTransformer) or not all(
+            isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in visual.transformer.resblocks):
+        raise ValueError(f"the training-free methods need an open_clip ViT with standard attention blocks, "
+                         f"got a {type(visual).__name__} visual tower")
+    if visual.attn_pool is not None:
+        raise ValueError("the training-free methods need a ViT whose tokens go through ln_post / proj "
+                         "(this one pools with attention)")
+
+
+# --- presets -------------------------------------------------------------------
+def build(method: str, clip_arch: str = "ViT-B-16", clip_weights: str | None = "openai",
+          quick_gelu: bool | None = None, gaussian_std: float = 5.0, dataset: str | None = None,
+          **settings) -> TrainingFreeCLIP:
+    """``method`` over open_clip ``clip_arch`` with ``clip_weights`` (an open_clip
+    tag or file; None = random init). ``settings`` override the method's defaults
+    (short_side, max_side, mode, window, stride, logit_scale, prob_thd, area_thd);
+    ``dataset`` applies a benchmark's published settings (``set_dataset``)."""
+    unknown = set(settings) - set(METHODS[method] if method in METHODS else ())
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(METHODS[method])}")
+    clip, tokenizer, identity = create_clip(clip_arch, clip_weights, quick_gelu=quick_gelu)
+    model = TrainingFreeCLIP(clip, tokenizer, identity, method, gaussian_std, settings).eval()
+    if dataset is not None:
+        model.set_dataset(dataset)
+    return model
+
+
+def _preset(name: str, method: str, **fixed):
+    def builder(**overrides) -> TrainingFreeCLIP:
+        model = build(method, **{**fixed, **overrides})
+        model.config = {"preset": name, **overrides}
+        return model
+    builder.__name__ = f"build_{name.replace('-', '_')}"
+    return builder
+
+
+_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
+PRESETS = {}
+for _m, _title in _TITLES.items():
+    PRESETS[f"{_m}-vit-b16"] = ModelSpec(
+        f"{_m}-vit-b16", "maskclip", _preset(f"{_m}-vit-b16", _m),
+        f"{_title} (training-free) on CLIP ViT-B/16 (OpenAI); any open_clip ViT via clip_arch=, clip_weights=",
+        clip=("ViT-B-16", "openai"), published=dict(PUBLISHED[_m]))
+    PRESETS[f"{_m}-tiny"] = ModelSpec(
+        f"{_m}-tiny", "maskclip", _preset(f"{_m}-tiny", _m, clip_arch="tiny-vit", clip_weights=None, **TINY),
+        f"tiny random {_title} for tests", clip=("tiny-vit", None), test_only=True)
