@@ -37,7 +37,7 @@ from vocabseg.engine.training.config import validate
 from vocabseg.engine.evaluation.evaluate import evaluate
 from vocabseg.engine.evaluation.metrics import ConfusionMatrix
 from vocabseg.engine.training.train import train
-from vocabseg.hub import all_specs
+from vocabseg.registry import all_specs
 from vocabseg.vocab import Vocabulary
 
 SIZE = 64
@@ -123,12 +123,11 @@ def distinct_classes(preset: str, family: str, dataset: str, seed: int, fills: i
     from vocabseg.data import idmaps
     from vocabseg.testing.synthetic import FAMILIES
     from vocabseg.engine.training.checkpoint import seed_all
-    from vocabseg.engine.evaluation.evaluate import DEFAULT_CONVENTION
-    from vocabseg.hub import get_spec
+    from vocabseg.registry import get_spec
     seed_all(seed)                                  # the weights train() will build
     model = get_spec(preset).build()
     ids = list(idmaps.COCO_PANOPTIC_IDS if dataset == "coco-panoptic" else idmaps.COCO_STUFF_IDS)
-    convention = DEFAULT_CONVENTION.get(family)
+    convention = get_spec(preset).convention
     full = Vocabulary.from_dataset(dataset, convention if convention in _conventions(dataset) else None)
     text = model.text_encoder()(full)
     cos = text @ text.T
@@ -170,7 +169,7 @@ def chance(dataset, vocab_size: int, seed: int = 0) -> tuple[float, float]:
 
 def learn(preset: str, work: Path, iterations: int, train_images: int = 512, seed: int = 0) -> dict:
     """Train ``preset`` for ``iterations`` and evaluate it on held-out images."""
-    from vocabseg.hub import get_spec
+    from vocabseg.registry import get_spec
     family = get_spec(preset).family
     cfg, held_out = recipe(preset, family, Path(work), iterations, train_images, seed)
     t0 = time.time()
@@ -197,7 +196,7 @@ def calibrate(preset: str, minutes: float, train_images: int, seed: int) -> int:
     """Iterations that fit in ``minutes``: the median iteration time of a short run."""
     import json
     with tempfile.TemporaryDirectory() as tmp:
-        from vocabseg.hub import get_spec
+        from vocabseg.registry import get_spec
         cfg, _ = recipe(preset, get_spec(preset).family, Path(tmp), 10, min(train_images, 128), seed)
         train(cfg, progress=False)
         lines = (Path(cfg["train"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()

@@ -4,9 +4,10 @@ import torch
 import vocabseg
 from vocabseg.api import Segmenter, load_model
 from vocabseg.backbones.clip import WeightsNotFound
-from vocabseg.checkpoint import load_checkpoint, save_checkpoint
+from vocabseg.checkpoint import save_checkpoint
+from vocabseg.registry import load_checkpoint
 from vocabseg.errors import UnknownModel, UserError
-from vocabseg.hub import all_specs
+from vocabseg.registry import all_specs
 from vocabseg.results import SemanticResult
 
 TINY = sorted(n for n, s in all_specs(include_test=True).items() if s.test_only)

@@ -18,7 +18,7 @@ from vocabseg.engine.inference.batched import infer_batch
 from vocabseg.engine.evaluation.evaluate import dataset_vocabulary, evaluate
 from vocabseg.engine.evaluation.mask_ap import detections, gt_instances, mask_ap
 from vocabseg.engine.evaluation.metrics import PanopticStats
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.protocol import Protocol
 from vocabseg.vocab import Vocabulary
 

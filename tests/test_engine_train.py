@@ -12,7 +12,8 @@ from vocabseg.cli import main as cli_main
 from vocabseg.data.captions import shape_sample, write_shards
 from vocabseg.testing.synthetic import write_benchmark
 from vocabseg.engine.training.config import ConfigError, apply_overrides, load_config, parse_value, validate
-from vocabseg.engine.training.optim import clip_gradients, default_param_groups, param_groups
+from vocabseg.engine.training.optim import clip_gradients, param_groups
+from vocabseg.model import default_param_groups
 from vocabseg.engine.training.schedule import Schedule
 from vocabseg.engine.training.train import train
 from vocabseg.engine.training.data import EpochBatches, SeededTransform
@@ -97,7 +98,7 @@ def test_parameter_groups_decay_freeze_and_fill():
         param_groups(_Net(), {"optim": {"lr": 0.1, "weight_decay": 0.0, "freeze": ["nothing."]}})
     assert len(default_param_groups(_Net(), cfg)) == 2
     # a model's own groups: lr / weight decay filled in where it leaves them out, frozen dropped
-    from vocabseg.hub import get_spec
+    from vocabseg.registry import get_spec
     san = get_spec("san-tiny").build()
     groups = param_groups(san, {"optim": {"lr": 1e-4, "weight_decay": 1e-4}})
     assert all(g["lr"] == 1e-4 for g in groups)
@@ -178,7 +179,7 @@ def _losses(run_dir):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    from vocabseg.checkpoint import load_checkpoint
+    from vocabseg.registry import load_checkpoint
     write_benchmark("voc20", tmp_path / "data", num_images=2, size=(64, 64))
     cfg = _caption_config(tmp_path, tmp_path / "full")       # 12 captions / 4 = 3 iterations per epoch
     cfg["schedule"]["iterations"] = 5                          # crosses an epoch boundary

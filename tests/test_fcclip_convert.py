@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vocabseg.methods.fcclip import convert as conv
-from vocabseg.methods.fcclip.model import PRESETS
+from vocabseg.methods.fcclip.presets import PRESETS
 
 # the tiny preset's sizes (models/fcclip.py _TINY); RES: convnext_atto res2..res5
 TINY = dict(DIM=32, MASK_DIM=32, ENC=1, HEADS=4, POINTS=2, FFN_ENC=64, Q=12, DEC_LAYERS=3, FFN_DEC=64, EMBED=32,
@@ -131,7 +131,8 @@ def test_published_layout_loads_with_no_missing_or_unexpected_keys(model):
 def test_full_size_layout_around_each_convnext_clip(arch):
     """The published-size model (built on the meta device: shapes only) around the base,
     large and xxlarge ConvNeXt CLIPs has exactly the published keys and shapes."""
-    from vocabseg.methods.fcclip.model import CLIP_VARIANTS, FCCLIP, _DECODER
+    from vocabseg.methods.fcclip.model import CLIP_VARIANTS, FCCLIP
+    from vocabseg.methods.fcclip.presets import DECODER as _DECODER
     res, embed = BACKBONES[arch]
     assert arch in CLIP_VARIANTS
     with torch.device("meta"):

@@ -9,7 +9,7 @@ import torch.nn as nn
 from vocabseg.data import get_dataset
 from vocabseg.testing.synthetic import write_benchmark
 from vocabseg.engine import inference
-from vocabseg.methods.fcclip.model import PRESETS
+from vocabseg.methods.fcclip.presets import PRESETS
 from vocabseg.vocab import Vocabulary
 
 

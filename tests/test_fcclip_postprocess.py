@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vocabseg.methods.fcclip import postprocess as post
-from vocabseg.methods.fcclip.model import PRESETS, thing_flags
+from vocabseg.methods.fcclip.model import thing_flags
+from vocabseg.methods.fcclip.presets import PRESETS
 from vocabseg.vocab import Vocabulary
 
 

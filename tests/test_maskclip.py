@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from vocabseg.engine.inference.image import infer
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.protocol import Protocol
-from vocabseg.methods.trainingfree.model import TrainingFreeCLIP, build
+from vocabseg.methods.trainingfree.model import TrainingFreeCLIP
+from vocabseg.methods.trainingfree.presets import build
 from vocabseg.text import templates
 from vocabseg.vocab import Vocabulary
 

@@ -12,7 +12,7 @@ from vocabseg.backbones.vit import SOS_BLOCKED, sos_attn_mask
 from vocabseg.engine.inference.image import infer
 from vocabseg.protocol import normalize, pad_to_multiple
 from vocabseg.engine.inference.tta import infer_tta
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.vocab import Vocabulary
 
 

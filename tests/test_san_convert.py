@@ -8,7 +8,7 @@ import torch
 from vocabseg.api import load_model
 from vocabseg.methods.san import convert as conv
 from vocabseg.errors import UserError
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.vocab import Vocabulary
 
 from layouts import clip_block, timm_block

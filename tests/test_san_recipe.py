@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.vocab import Vocabulary
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

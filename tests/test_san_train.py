@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.vocab import Vocabulary
 
 COLORS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.1, 0.2, 0.9], [0.9, 0.9, 0.1]])

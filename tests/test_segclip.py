@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from vocabseg.methods.segclip import convert as conv
 from vocabseg.engine.inference.image import infer
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.methods.segclip.model import BG_THRESH, SegCLIPFeatures
 from vocabseg.vocab import Vocabulary
 

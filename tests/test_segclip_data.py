@@ -90,7 +90,7 @@ def test_short_training_run_segments_above_chance(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     from vocabseg.engine.evaluation.evaluate import evaluate
-    from vocabseg.hub import get_spec
+    from vocabseg.registry import get_spec
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # a tiny model: one thread is fastest, and far faster on a loaded machine
     try:

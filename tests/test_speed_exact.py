@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from vocabseg import speed
 from vocabseg.backbones.clip import create_clip
 from vocabseg.engine import inference
-from vocabseg.hub import get_spec
+from vocabseg.registry import get_spec
 from vocabseg.layers.mask_semantic import mask_semantic, resample_matrix
 from vocabseg.methods.fcclip.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 from vocabseg.results import confidence_of, labels_and_confidence

@@ -14,34 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import torch
 
-from .checkpoint import is_checkpoint, load_checkpoint
+from . import registry, speed
 from .engine import inference
+from .engine.inference.batched import infer_batch
+from .engine.inference.tta import infer_tta
 from .engine.precision import PRECISIONS, autocast
-from .errors import UnknownModel, UserError
+from .errors import UserError
 from .images import load_image
-from .optional import optional_import
 from .results import InstanceResult, PanopticResult, SemanticResult, labels_and_confidence
 from .text import TEMPLATE_SETS
 from .vocab import Vocabulary
 
-DEFAULT_MODEL = "san-vit-b16"
+DEFAULT_MODEL = registry.DEFAULT_MODEL
 TASKS = ("semantic", "panoptic", "instance")
-
-
-def _converter(family: str):
-    return optional_import(f"vocabseg.convert.{family}")
-
-
-def _spec(name: str):
-    from .hub import get_spec
-    try:
-        return get_spec(name)
-    except KeyError as e:
-        raise UnknownModel(str(e.args[0])) from None
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
@@ -54,37 +42,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.
     without it a zoo model downloads its published weights on first use.
     ``clip_weights``: an open_clip tag or a local CLIP file for models built
     from CLIP (the training-free family) or that take part of CLIP from it.
+    The weight policy is ``registry.build``'s.
     """
-    target = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    if weights is None and is_checkpoint(target):
-        return load_checkpoint(target, device)
-    if os.path.exists(target) and not is_checkpoint(target):
-        raise UserError(f"{target} is not a vocabseg checkpoint folder (model.safetensors + config.json); "
-                        f"for a published file use --model NAME --weights {target}")
-    spec = _spec(target)
-    if weights is not None:
-        weights = str(weights)
-        if is_checkpoint(weights):
-            return load_checkpoint(weights, device)
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"weights file not found: {weights}")
-    elif spec.weights is None:   # built from CLIP alone (training-free) or a test preset
-        tag = clip_weights if clip_weights is not None else (spec.clip[1] if spec.clip else None)
-        return spec.build(clip_weights=tag).to(device).eval()
-    else:
-        from .hub import fetch_weights
-        weights = str(fetch_weights(spec))
-    conv = _converter(spec.family)
-    if conv is None:  # a family without a published layout: weights are CLIP weights
-        return spec.build(clip_weights=weights).to(device).eval()
-    model = spec.build(clip_weights=None)
-    kwargs = {"clip_weights": clip_weights} if clip_weights is not None else {}
-    try:
-        conv.load_published(model, weights, **kwargs)
-    except (KeyError, ValueError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        raise UserError(f"{weights} cannot be loaded as {spec.name}: {msg}") from None
-    return model.to(device).eval()
+    return registry.build(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
 
 
 def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
@@ -93,8 +53,8 @@ def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLi
     """``Segmenter`` around ``load_model(...)``."""
     check_precision(precision, device)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
-    name = model.config.get("preset", str(name_or_path)) if getattr(model, "config", None) else str(name_or_path)
-    return Segmenter(model, templates=templates, name=name, precision=precision)
+    return Segmenter(model, templates=templates, name=model.config.get("preset", str(name_or_path)),
+                     precision=precision)
 
 
 def check_precision(precision: str, device) -> None:
@@ -114,10 +74,10 @@ class Segmenter:
     """
 
     def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32"):
-        self.model = model.eval()
+        self.model = speed.use_fast_linears(model.eval())
         check_precision(precision, self.device)
         self.precision = precision
-        self.name = name or getattr(model, "config", {}).get("preset", type(model).__name__)
+        self.name = name or model.config.get("preset", type(model).__name__)
         self.templates = templates
         self._image: torch.Tensor | None = None
         self._key: str | None = None
@@ -125,13 +85,11 @@ class Segmenter:
 
     @property
     def device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
+        return self.model.device
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(getattr(self.model, "tasks", ("semantic",)))
+        return tuple(self.model.tasks)
 
     def autocast(self):
         """The autocast context of ``precision`` (nothing for fp32)."""
@@ -199,7 +157,6 @@ class Segmenter:
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
         if tta:
-            from .engine.inference.tta import infer_tta
             scores = infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
         else:
             scores = inference.scores(self.model, self.features, text, vocab).float().cpu()
@@ -212,7 +169,6 @@ class Segmenter:
         """Semantic results for several images (paths, PIL, arrays, tensors): crops of equal
         padded size go through the model ``batch_size`` at a time (``engine.batched``).
         The last-image feature cache is left untouched."""
-        from .engine.inference.batched import infer_batch
         vocab = Vocabulary.resolve(vocabulary)
         imgs = [load_image(im) for im in images]
         text = self.text(vocab, templates)

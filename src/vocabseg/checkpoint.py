@@ -2,7 +2,7 @@
 and ``config.json`` (the preset and the build overrides, ``model.config``).
 
     save_checkpoint(model, "runs/my-san")      # -> runs/my-san/{model.safetensors,config.json}
-    model = load_checkpoint("runs/my-san")
+    model = vocabseg.registry.load_checkpoint("runs/my-san")
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -
     from safetensors.torch import save_model
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    config = dict(getattr(model, "config", {}) or {})
+    config = dict(model.config)
     if "preset" not in config:
-        raise ValueError("model.config has no 'preset': build models through vocabseg.hub presets")
+        raise ValueError("model.config has no 'preset': build models through vocabseg.registry presets")
     tmp = folder / (WEIGHTS + ".tmp")
     save_model(model, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, folder / WEIGHTS)
@@ -51,22 +51,13 @@ def read_config(path: str | os.PathLike) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Build the preset named in ``config.json`` (random init) and load the weights
-    strictly: any missing or unexpected key is an error."""
+def load_weights(model, path: str | os.PathLike) -> None:
+    """Load the checkpoint folder's ``model.safetensors`` into ``model`` strictly:
+    any missing or unexpected key is an error naming them."""
     from safetensors.torch import load_model
-    from .hub import get_spec
     p = Path(path)
     folder = p if p.is_dir() else p.parent
-    config = dict(read_config(folder)["config"])
-    spec = get_spec(config.pop("preset"))
-    config["clip_weights"] = None      # every weight comes from the file
-    model = spec.build(**config)
     missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{folder / WEIGHTS} does not fit {spec.name}: missing {sorted(missing)[:8]}, "
-                         f"unexpected {sorted(unexpected)[:8]}")
-    model.config = {"preset": spec.name, **{k: v for k, v in read_config(folder)["config"].items() if k != "preset"}}
-    if hasattr(model, "reset_text_cache"):
-        model.reset_text_cache()
-    return model.to(device).eval()
+        raise ValueError(f"{folder / WEIGHTS} does not fit {model.config.get('preset', type(model).__name__)}: "
+                         f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")

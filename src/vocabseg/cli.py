@@ -9,19 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .optional import optional_import
+from .commands import bench, demo, eval, models, prepare, segment, train
 from .errors import UserError  # noqa: F401  (commands raise it as vocabseg.cli.UserError)
 
-COMMANDS = ["segment", "models", "eval", "prepare", "train", "demo", "bench"]
+COMMANDS = [segment, models, eval, prepare, train, demo, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vocabseg", description="Open-vocabulary semantic segmentation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        mod = optional_import(f"vocabseg.commands.{name}")
-        if mod is None:
-            continue  # command not built yet
+    for mod in COMMANDS:
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
     return parser

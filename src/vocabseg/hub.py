@@ -1,74 +1,24 @@
-"""Model zoo: preset name -> builder + where its weights come from.
-
-Each model module (``vocabseg.models.<family>``) declares ``PRESETS``, a dict of
-``ModelSpec`` (one small builder per variant, as data). ``get_spec(name)`` finds
-one; ``fetch_weights(spec)`` downloads a published file through
-huggingface_hub or a URL (checked against sha256) into ``$VOCABSEG_HOME``.
-Nothing here touches the network at import time.
+"""Downloads of published weights: ``fetch_weights(spec)`` gets a zoo model's
+file (``spec.weights``, a ``vocabseg.spec.WeightSource``) through huggingface_hub
+or a URL (checked against sha256) into ``$VOCABSEG_HOME/weights``. Nothing here
+touches the network at import time.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .backbones.clip import WeightsNotFound
-from .optional import optional_import
 from .text import vocabseg_home
-
-FAMILIES = ["maskclip", "san", "fcclip", "segclip"]
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """A published weight file: on the Hugging Face Hub (``repo_id`` + ``filename``)
-    or at a ``url``; ``sha256`` checks it when known."""
-    filename: str
-    repo_id: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    family: str
-    build: Callable            # build(**overrides) -> SegModel with random (or CLIP-pretrained) weights
-    description: str = ""
-    weights: WeightSource | None = None   # published checkpoint of the whole model, if any
-    clip: tuple[str, str | None] | None = None  # (open_clip arch, weight tag) the model starts from
-    published: dict = field(default_factory=dict)  # benchmark -> published number, from the specs
-    test_only: bool = False    # tiny presets: random init, for tests
-
-
-def all_specs(include_test: bool = False) -> dict[str, ModelSpec]:
-    specs: dict[str, ModelSpec] = {}
-    for fam in FAMILIES:
-        mod = optional_import(f"vocabseg.models.{fam}")
-        if mod is None:
-            continue  # family not built yet
-        for name, spec in getattr(mod, "PRESETS", {}).items():
-            if include_test or not spec.test_only:
-                specs[name] = spec
-    return specs
-
-
-def get_spec(name: str) -> ModelSpec:
-    specs = all_specs(include_test=True)
-    if name not in specs:
-        shown = sorted(n for n, s in specs.items() if not s.test_only)
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(shown)}")
-    return specs[name]
 
 
 def weights_dir() -> Path:
     return vocabseg_home() / "weights"
 
 
-def cached_weights(src: WeightSource) -> Path:
+def cached_weights(src) -> Path:
     return weights_dir() / src.filename
 
 
@@ -80,7 +30,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def fetch_weights(spec: ModelSpec) -> Path:
+def fetch_weights(spec) -> Path:
     """Local path of ``spec``'s published checkpoint, downloading it on first use."""
     src = spec.weights
     if src is None:

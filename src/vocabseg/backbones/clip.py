@@ -72,12 +72,16 @@ def text_dim(clip: torch.nn.Module) -> int:
     return int(proj.shape[-1]) if torch.is_tensor(proj) else int(proj.out_features)
 
 
-def create_clip(arch: str, weights: str | None = None, device: str | torch.device = "cpu",
-                quick_gelu: bool | None = None):
+def create_clip(arch: str, weights: str | None = None, device: str | torch.device | None = None,
+                quick_gelu: bool | None = None, fingerprint: bool = True):
     """(model, tokenizer, identity). Raises WeightsNotFound with instructions
     when pretrained weights cannot be found or fetched. ``quick_gelu`` forces the
     activation (e.g. a random-init model that will receive OpenAI-CLIP-derived
-    weights); None picks it from the weights."""
+    weights); None picks it from the weights. ``device``: default torch's default
+    device ("meta" when counting parameters). A random-init model is named by a
+    fingerprint of its weights, or just ``{arch}:random`` without ``fingerprint``
+    (a model that names its weights itself, or that a checkpoint will overwrite)."""
+    device = torch.get_default_device() if device is None else device
     register_configs()
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown CLIP architecture {arch!r}")
@@ -106,7 +110,7 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
     if weights is None:
-        identity = f"{arch}:random:{tensor_fingerprint(model)}"
+        identity = f"{arch}:random:{tensor_fingerprint(model)}" if fingerprint else f"{arch}:random"
     elif os.path.isfile(weights):
         identity = f"{arch}:file:{file_fingerprint(weights)}"
     else:

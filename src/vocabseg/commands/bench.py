@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..engine.bench import report as bench_report
     from ..errors import UserError
-    from ..hub import all_specs, get_spec
+    from ..registry import all_specs, get_spec
     models = list(all_specs()) if args.models is None else args.models
     text = args.text if args.text else (["fcclip-convnext-l", "san-vit-b16"] if args.text is not None or args.all
                                         else [])

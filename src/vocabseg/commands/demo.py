@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def available_models() -> list[str]:
     """Zoo models (no test presets) whose weights are all on disk already."""
-    from ..hub import all_specs
+    from ..registry import all_specs
     from .models import status
     return [name for name, spec in all_specs().items() if "downloaded on first use" not in status(spec)]
 
@@ -50,7 +50,7 @@ def model_list(given: list[str] | None) -> tuple[list[str], dict[str, str]]:
     from ..api import DEFAULT_MODEL
     from ..checkpoint import is_checkpoint
     from ..errors import UserError
-    from ..hub import all_specs
+    from ..registry import all_specs
     zoo = all_specs(include_test=True)
     models, labels = [], {}
     for m in given or []:

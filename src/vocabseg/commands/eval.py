@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _name(model, given: str) -> str:
-    preset = (getattr(model, "config", None) or {}).get("preset")
+    preset = model.config.get("preset")
     return preset if preset and not Path(given).exists() else Path(given).name
 
 

@@ -21,7 +21,7 @@ def status(spec) -> str:
     if spec.weights is not None:
         parts.append(f"{spec.weights.filename}: " + ("cached" if cached_weights(spec.weights).is_file()
                                                      else "downloaded on first use"))
-    if spec.clip and spec.clip[1] and (spec.weights is None or spec.family == "fcclip"):
+    if spec.clip and spec.clip[1] and spec.needs_clip:
         cached = clip_cached(*spec.clip)
         parts.append(f"CLIP {spec.clip[0]}/{spec.clip[1]}: " + ("cached" if cached else "downloaded on first use"))
     return "; ".join(parts)
@@ -29,7 +29,7 @@ def status(spec) -> str:
 
 def run(args) -> int:
     from ..api import DEFAULT_MODEL
-    from ..hub import all_specs
+    from ..registry import all_specs
     specs = all_specs(include_test=args.all)
     width = max(len(n) for n in specs) + 2
     print(f"{'model':<{width}}{'family':<10}weights")

@@ -100,7 +100,7 @@ def run(args) -> int:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
     if args.tta and args.task != "semantic":
         raise UserError("--tta applies to --task semantic only")
-    if args.show_groups and not hasattr(model, "group_map"):
+    if args.show_groups and not model.region_groups:
         raise UserError(f"--show-groups needs a model with region groups (SegCLIP), not {seg.name}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")

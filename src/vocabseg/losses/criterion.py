@@ -148,3 +148,13 @@ def _src_index(indices) -> tuple[torch.Tensor, torch.Tensor]:
     bi = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
     qi = torch.cat([src for src, _ in indices])
     return bi, qi
+
+
+def mask_criterion(loss_weights: dict | None = None, no_object_weight: float = 0.1,
+                   train_points: int = 112 * 112, oversample_ratio: float = 3.0,
+                   importance_sample_ratio: float = 0.75) -> SetCriterion:
+    """The Mask2Former criterion SAN and FC-CLIP train with: Hungarian matching and
+    losses weighted by ``loss_weights`` (default class 2, mask 5, Dice 5)."""
+    w = loss_weights or {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    matcher = HungarianMatcher(w["loss_ce"], w["loss_mask"], w["loss_dice"], train_points)
+    return SetCriterion(matcher, w, no_object_weight, train_points, oversample_ratio, importance_sample_ratio)

@@ -33,7 +33,7 @@ def prepare(root: Path, model: str, images: int, size: int) -> tuple[Path, Path]
     import torch
     from PIL import Image
     from ...checkpoint import save_checkpoint
-    from ...hub import get_spec
+    from ...registry import get_spec
     rng = np.random.default_rng(0)
     folder = root / "images"
     folder.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,6 @@ ISSUE_PEAK = 135.0       # GFLOP/s, fp32 matmul on 2 threads of the host the iss
 # issue 8: published code and target on that host (seconds)
 TARGETS = {"san-vit-b16": (2.15, 1.1), "fcclip-convnext-l": (17.7, 10.5), "segclip-vit-b16": (2.4, 0.4)}
 TEXT_TARGET = {"fcclip-convnext-l": (60.0, 0.1)}     # uncached, cached (seconds), ADE-150 with synonyms
-TEXT_VOCABS = {"san": ("ade150:san", "ade847:san"), "fcclip": ("ade150:fcclip", "ade847:fcclip")}
 
 
 # --- helpers -----------------------------------------------------------------
@@ -118,9 +117,10 @@ def _peak_mb() -> float:
 
 
 def bench_vocabulary(name: str):
-    from ...hub import get_spec
+    """The vocabulary preset ``name``'s speed benchmark uses (its spec's)."""
+    from ...registry import get_spec
     from ...vocab import Vocabulary
-    return Vocabulary.from_dataset("ade150:fcclip" if get_spec(name).family == "fcclip" else "ade150")
+    return Vocabulary.from_dataset(get_spec(name).bench_vocabulary)
 
 
 # --- workers (run in their own process) -------------------------------------------
@@ -135,7 +135,7 @@ def work_peak(threads: int, size: int = 2048, runs: int = 5) -> dict:
 def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool) -> dict:
     from ... import speed
     from ...backbones.clip import text_dim
-    from ...hub import get_spec
+    from ...registry import get_spec
     from .. import inference
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -174,7 +174,7 @@ def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool) -> 
 
 @torch.no_grad()
 def work_text(name: str, vocab_name: str, threads: int, templates: str = "vild") -> dict:
-    from ...hub import get_spec
+    from ...registry import get_spec
     from ...text import TextEncoder
     from ...vocab import Vocabulary
     torch.set_num_threads(threads)

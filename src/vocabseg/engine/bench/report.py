@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
+from ...registry import get_spec
 from . import measure as bench
 from .batch import bench_batch
 
@@ -41,8 +42,7 @@ def run(models: list[str], runs: int = 5, warmup: int = 1, threads: int = 2, pla
                                               plain=plain))
     out["text"] = []
     for name in text_models:
-        from ...hub import get_spec
-        for vocab in bench.TEXT_VOCABS.get(get_spec(name).family, ("ade150", "ade847")):
+        for vocab in get_spec(name).text_vocabularies:
             before()
             log(f"text {name} {vocab}")
             out["text"].append(bench.run_worker("text", name=name, vocab_name=vocab, threads=threads))

@@ -23,6 +23,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from ... import speed
+from ...registry import spec_of
 from .. import distributed as D
 from .. import inference
 from ..inference.batched import infer_batch
@@ -30,35 +32,24 @@ from .mask_ap import detections, gt_instances, mask_ap
 from .metrics import ConfusionMatrix, PanopticStats, panoptic_metrics, semantic_metrics
 from .subset import with_vocabulary
 
-# The class-name convention each family's published evaluation used.
-DEFAULT_CONVENTION = {"san": "san", "fcclip": "fcclip", "maskclip": "tf", "segclip": None}
+def model_convention(model) -> str | None:
+    """The benchmark class-name convention of ``model``'s method (its registry spec's;
+    None for a model not built from a preset)."""
+    spec = spec_of(model)
+    return spec.convention if spec else None
 
 
-def model_family(model) -> str | None:
-    """The zoo family of a model built from a preset (None when unknown)."""
-    from ...hub import get_spec
-    preset = (getattr(model, "config", None) or {}).get("preset")
-    try:
-        return get_spec(preset).family if preset else None
-    except KeyError:
-        return None
-
-
-def dataset_vocabulary(dataset, convention: str | None = "auto", family: str | None = None):
-    """(Vocabulary, convention used) of ``dataset``. ``auto``: the family's published
-    convention (``DEFAULT_CONVENTION``) when the dataset ships it, else its default names."""
+def dataset_vocabulary(dataset, convention: str | None = "auto", model_convention: str | None = None):
+    """(Vocabulary, convention used) of ``dataset``. ``auto``: ``model_convention`` (the
+    method's published names) when the dataset ships it, else its default names."""
     if convention == "auto":
-        convention = DEFAULT_CONVENTION.get(family)
+        convention = model_convention
         if convention not in getattr(dataset, "conventions", ()):
             convention = None
     elif convention and convention not in getattr(dataset, "conventions", ()):
         have = ", ".join(getattr(dataset, "conventions", ())) or "none"
         raise ValueError(f"dataset {dataset.name} has no {convention!r} class names (it has: {have})")
     return dataset.vocabulary_for(convention), convention or "default"
-
-
-def _tasks(model) -> tuple:
-    return tuple(getattr(model, "tasks", ("semantic",)))
 
 
 @torch.no_grad()
@@ -72,17 +63,16 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     t0 = time.time()
     used = "custom"
     if vocab is None:
-        vocab, used = dataset_vocabulary(dataset, convention, model_family(model))
+        vocab, used = dataset_vocabulary(dataset, convention, model_convention(model))
     dataset = with_vocabulary(dataset, vocab)      # fewer classes: labels remapped, the others ignored
-    if hasattr(model, "set_dataset"):
-        model.set_dataset(dataset.name)
-    model.eval()
-    device = next(model.parameters()).device
+    model.set_dataset(dataset.name)
+    speed.use_fast_linears(model.eval())
+    device = model.device
     if text is None:
         text = model.text_encoder(templates)(vocab)
     text = text.to(device)
-    panoptic = getattr(dataset, "task", "semantic") == "panoptic" and "panoptic" in _tasks(model)
-    instance = panoptic and "instance" in _tasks(model)
+    panoptic = getattr(dataset, "task", "semantic") == "panoptic" and "panoptic" in model.tasks
+    instance = panoptic and "instance" in model.tasks
 
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     dist = D.info()

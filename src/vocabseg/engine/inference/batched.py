@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .image import finish_windows, select
 from ...protocol import pad_to_multiple, preprocess, protocol_boxes
+from .image import finish_windows, select, whole_scores
 
 
 @torch.no_grad()
@@ -20,13 +20,15 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
     p = protocol or model.protocol
     if max_crops < 1:
         raise ValueError(f"max_crops must be at least 1, got {max_crops}")
-    device = next(model.parameters()).device
-    crops, resized = [], []          # crops: (image index, box, padded crop [3, h, w])
+    device = model.device
+    crops, resized, windows = [], [], []    # crops: (image index, box, padded crop [3, h, w])
     for i, img in enumerate(images):
         x = preprocess(img.to(device), p)
         h, w = x.shape[-2:]
         resized.append((h, w))
-        for (y0, x0, y1, x1) in protocol_boxes(p, h, w):
+        boxes = protocol_boxes(p, h, w)
+        windows.append(len(boxes))
+        for (y0, x0, y1, x1) in boxes:
             crops.append((i, (y0, x0, y1, x1),
                           pad_to_multiple(x[..., y0:y1, x0:x1], p.size_divisibility, p.pad_value)[0]))
     by_shape: dict[tuple, list[int]] = {}
@@ -35,21 +37,21 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
     total: list = [None] * len(images)
     count: list = [None] * len(images)
     done: list = [None] * len(images)
-    own_post = hasattr(model, "classify_at") and p.mode == "whole"   # as inference.scores does
     for ks in by_shape.values():
         for s in range(0, len(ks), max_crops):
             chunk = ks[s:s + max_crops]
             feats = model.encode_image(torch.stack([crops[k][2] for k in chunk]))
-            if own_post:
-                for j, k in enumerate(chunk):
-                    i, (y0, x0, y1, x1), _ = crops[k]
-                    out = model.classify_at(select(feats, j), text, vocab, crop=(y1 - y0, x1 - x0),
-                                            size=tuple(images[i].shape[-2:]))
-                    done[i] = model.finalize(out, vocab)[0]
+            whole = [j for j, k in enumerate(chunk) if windows[crops[k][0]] == 1]   # as inference.scores does
+            for j in whole:
+                i, box, _ = crops[chunk[j]]
+                done[i] = whole_scores(model, select(feats, j), text, vocab, box, images[i].shape[-2:])
+            if len(whole) == len(chunk):
                 continue
             out = model.classify(feats, text, vocab)
             for j, k in enumerate(chunk):
                 i, (y0, x0, y1, x1), _ = crops[k]
+                if windows[i] == 1:
+                    continue
                 sc = out[j:j + 1, :, : y1 - y0, : x1 - x0]
                 if total[i] is None:
                     total[i] = sc.new_zeros((1, sc.shape[1], *resized[i]))

@@ -59,16 +59,15 @@ def select(features, j: int):
 def scores(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tensor:
     """[C, H, W] per-class scores at the original size from cached image features.
 
-    A model with ``classify_at(features, text, vocab, crop, size)`` (mask-classification
-    models: SAN, FC-CLIP) gets a whole-image pass done its own way: it crops and resizes its
-    mask logits to the original size before its sigmoid / softmax, as Mask2Former's
-    ``sem_seg_postprocess`` does; other models' scores are cropped and resized here.
+    One window (a whole-image pass): ``model.classify_at`` crops the padding and resizes
+    to the original size its own way (mask classifiers resize their mask logits before
+    their sigmoid / softmax, as Mask2Former's ``sem_seg_postprocess`` does). Several
+    windows: each window's ``classify`` scores, cropped, are averaged where they overlap
+    and resized here (``finish_windows``).
     """
+    if len(feats.boxes) == 1:
+        return whole_scores(model, feats.features[0], text, vocab, feats.boxes[0], feats.size)
     h, w = feats.resized
-    if hasattr(model, "classify_at") and len(feats.boxes) == 1:
-        y0, x0, y1, x1 = feats.boxes[0]
-        out = model.classify_at(feats.features[0], text, vocab, crop=(y1 - y0, x1 - x0), size=tuple(feats.size))
-        return model.finalize(out, vocab)[0]
     total = count = None
     for (y0, x0, y1, x1), f in zip(feats.boxes, feats.features):
         s = model.classify(f, text, vocab)[..., : y1 - y0, : x1 - x0]   # crop the padding
@@ -78,6 +77,14 @@ def scores(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tens
         total[..., y0:y1, x0:x1] += s
         count[..., y0:y1, x0:x1] += 1
     return finish_windows(model, total, count, feats.size, vocab)
+
+
+def whole_scores(model, features, text: torch.Tensor, vocab, box, size) -> torch.Tensor:
+    """[C, H, W] scores of the one window ``box`` (y0, x0, y1, x1) covering an image of
+    original ``size``, from its ``encode_image`` output."""
+    y0, x0, y1, x1 = box
+    out = model.classify_at(features, text, vocab, crop=(y1 - y0, x1 - x0), size=tuple(size))
+    return model.finalize(out, vocab)[0]
 
 
 def finish_windows(model, total: torch.Tensor, count: torch.Tensor, size, vocab) -> torch.Tensor:
@@ -97,7 +104,7 @@ def infer(model, image: torch.Tensor, text: torch.Tensor, vocab, protocol: Proto
 def _whole(model, feats: ImageFeatures, task: str):
     if len(feats.features) != 1:
         raise ValueError(f"{task} inference needs a whole-image pass, got {len(feats.features)} windows")
-    if not hasattr(model, task):
+    if task not in model.tasks:
         raise ValueError(f"{type(model).__name__} does not do {task} inference")
     return feats.features[0]
 
@@ -111,4 +118,4 @@ def panoptic(model, feats: ImageFeatures, text: torch.Tensor, vocab, **kw) -> di
 @torch.no_grad()
 def instances(model, feats: ImageFeatures, text: torch.Tensor, vocab, **kw) -> dict:
     """{"masks": BoolTensor [N, H, W], "labels", "scores"} at the original size (models with ``instances``)."""
-    return model.instances(_whole(model, feats, "instances"), text, vocab, feats.resized, feats.size, **kw)
+    return model.instances(_whole(model, feats, "instance"), text, vocab, feats.resized, feats.size, **kw)

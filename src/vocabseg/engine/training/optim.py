@@ -2,7 +2,7 @@
 
 Parameter groups come from ``model.param_groups(cfg)`` (the whole config; the
 model sets requires_grad False on what its recipe freezes and gives per-group
-``lr`` / ``weight_decay``), else ``default_param_groups``. ``optim.freeze``
+``lr`` / ``weight_decay``; by default ``vocabseg.model.default_param_groups``). ``optim.freeze``
 name prefixes are frozen on top. Groups without ``lr`` / ``weight_decay`` take
 ``optim.lr`` / ``optim.weight_decay``; frozen parameters and empty groups are
 dropped.
@@ -11,26 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
-NO_DECAY_NAMES = ("pos_embed", "positional_embedding", "query_embed", "query_feat", "class_embedding",
-                  "cls_token", "level_embed", "token_embedding")
-NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
-
-
-def default_param_groups(model: nn.Module, cfg: dict) -> list[dict]:
-    """Trainable parameters in two groups, as Mask2Former's ``build_optimizer``: weight
-    decay ``optim.weight_decay``, and none on normalisation layers and embeddings
-    (``nn.Embedding`` and the names in ``NO_DECAY_NAMES``)."""
-    decay, no_decay = [], []
-    for mname, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            skip = isinstance(module, NORMS) or isinstance(module, nn.Embedding) or \
-                any(k in pname for k in NO_DECAY_NAMES)
-            (no_decay if skip else decay).append(p)
-    return [{"params": decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
 def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
@@ -48,7 +28,7 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
         missing = [p for p in freeze if p not in hit]
         if missing:
             raise ValueError(f"optim.freeze prefixes {missing} match no parameter name")
-    groups = model.param_groups(cfg) if hasattr(model, "param_groups") else default_param_groups(model, cfg)
+    groups = model.param_groups(cfg)
     out, seen = [], set()
     for g in groups:
         params = [p for p in g["params"] if p.requires_grad]

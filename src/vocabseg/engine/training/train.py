@@ -29,7 +29,13 @@ import torch
 import torch.nn as nn
 import yaml
 
+from ... import registry
+from ...checkpoint import save_checkpoint
+from ...data import get_dataset
+from ...errors import UserError
+from ...vocab import Vocabulary
 from .. import distributed as D
+from ..evaluation.evaluate import dataset_vocabulary, evaluate, model_convention
 from .checkpoint import (
     last_checkpoint, load_training_state, preserved_rng, rng_state, save_training_state, seed_all,
     set_rng_state)
@@ -44,39 +50,22 @@ from .data import EpochBatches, SeededTransform, build_sources, concat, make_loa
 def build_model(mcfg: dict):
     """``model`` section -> the preset's model (``clip_weights``; ``weights``: a
     published file or a vocabseg checkpoint to start from; other keys: build options)."""
-    from ...hub import get_spec
-    try:
-        spec = get_spec(mcfg["preset"])
-    except KeyError as e:
-        raise ValueError(str(e.args[0])) from None
     options = {k: v for k, v in mcfg.items() if k not in ("preset", "clip_weights", "weights")}
     try:
-        model = spec.build(clip_weights=mcfg.get("clip_weights"), **options)
-    except TypeError as e:
-        raise ValueError(f"model options {sorted(options)} do not fit preset {spec.name}: {e}") from None
-    if mcfg.get("weights"):
-        from ...checkpoint import is_checkpoint, load_checkpoint
-        src = mcfg["weights"]
-        if is_checkpoint(src):
-            model.load_state_dict(load_checkpoint(src).state_dict())
-        else:
-            import importlib
-            importlib.import_module(f"vocabseg.convert.{spec.family}").load_published(model, src)
-        if hasattr(model, "reset_text_cache"):
-            model.reset_text_cache()
-    return model
+        return registry.build(mcfg["preset"], weights=mcfg.get("weights") or None,
+                              clip_weights=mcfg.get("clip_weights"), pretrained=False, **options)
+    except UserError as e:
+        raise ValueError(str(e)) from None
 
 
 def train_vocabulary(cfg: dict, sources: list, model):
     """``data.vocabulary`` (a vocabulary string, e.g. ``coco-stuff:san``, or a subset of
     the benchmark's classes: see ``subset.py``), else the benchmark's names in the
-    model family's convention, else None (captions)."""
-    from ...vocab import Vocabulary
-    from ..evaluation.evaluate import dataset_vocabulary, model_family
+    method's convention, else None (captions)."""
     if cfg["data"]["vocabulary"]:
         return Vocabulary.resolve(cfg["data"]["vocabulary"])
     bench = [s for s in sources if hasattr(s, "vocabulary_for")]
-    return dataset_vocabulary(bench[0], "auto", model_family(model))[0] if bench else None
+    return dataset_vocabulary(bench[0], "auto", model_convention(model))[0] if bench else None
 
 
 class TrainStep(nn.Module):
@@ -119,15 +108,13 @@ def run_eval(model, cfg: dict, datasets: dict, iteration: int, output_dir: Path,
     """Evaluate ``datasets`` ({name: reader} of ``eval.datasets``; random states untouched)
     -> {dataset: metrics}."""
     import dataclasses
-    from ..evaluation.evaluate import evaluate
     ev = cfg["eval"]
     saved = model.protocol
     out = {}
     try:
         with preserved_rng():
             model.protocol = dataclasses.replace(saved, **ev["protocol"])
-            if hasattr(model, "reset_text_cache"):
-                model.reset_text_cache()
+            model.reset_text_cache()
             for name, ds in datasets.items():
                 r = evaluate(model, ds, templates=ev["templates"], batch_size=ev["batch_size"], workers=workers,
                              limit=ev["limit"], progress=False, convention=ev["vocab_convention"])
@@ -200,7 +187,6 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
     ev = cfg["eval"]
     eval_sets = {}            # read once; a missing evaluation set fails now, not after hours of training
     if ev["datasets"]:
-        from ...data import get_dataset
         for name in ev["datasets"]:
             try:
                 eval_sets[name] = get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
@@ -210,14 +196,14 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
     seed = t_cfg["seed"]
     seed_all(seed)                                    # identical initial weights on every process
     model = build_model(cfg["model"]).to(dist.device)
-    if not hasattr(model, "forward_train"):
+    if not model.trainable:
         raise ValueError(f"model {cfg['model']['preset']} has no forward_train: it cannot be trained")
     sources = build_sources(cfg["data"])
     vocab = train_vocabulary(cfg, sources, model)
     if vocab is not None:        # benchmark labels follow the training vocabulary (a subset: others ignored)
         sources = [with_vocabulary(s, vocab) if hasattr(s, "vocabulary_for") else s for s in sources]
     train_set = concat(sources)
-    transform = model.train_transform(cfg) if hasattr(model, "train_transform") else None
+    transform = model.train_transform(cfg)
     ignore = getattr(sources[0], "ignore_index", None)
     data = SeededTransform(train_set, transform, seed, ignore)
     batch = t_cfg["batch_size"]
@@ -324,7 +310,6 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
                 last_eval = run_eval(model, cfg, eval_sets, it, output_dir, workers)
                 log.write({"iter": it, "eval": last_eval})
             if dist.is_main:
-                from ...checkpoint import save_checkpoint
                 save_checkpoint(model, output_dir / "model", extra={"iteration": it})
     log.close()
     D.barrier()

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 
+from ...backbones.clip import create_clip
+from .model import CLIP_VARIANTS
 from ...convert import (
     CLIP_TEXT_KEYS, EOS_COEF, PrefixMap, empty_weight, key_listing, load_file, mismatch, unwrap,
     wrong_empty_weight)
@@ -116,7 +118,6 @@ def _load_ours(model, ours: dict, clip_state_dict: dict | None) -> dict:
                 if any(k not in ours for k in text_absent) else "")
         raise ValueError("FC-CLIP checkpoint does not fit the model" + hint + problems)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
-    model.reset_text_cache()
     return {"filled": filled}
 
 
@@ -131,8 +132,6 @@ def load_published(model, path: str | os.PathLike, clip_weights: str | None = No
     ours = to_ours(sd)
     clip_sd = None
     if any(k not in ours for k in model.state_dict() if k.startswith("clip.")):
-        from ...backbones.clip import create_clip
-        from .model import CLIP_VARIANTS
         tag = clip_weights or CLIP_VARIANTS.get(model.clip_arch)
         if tag is None:
             raise ValueError(f"{path} lacks the text tower and {model.clip_arch} has no default CLIP "

@@ -25,21 +25,18 @@ import functools
 from typing import Sequence
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...backbones.clip import create_clip, register_configs, tensor_fingerprint
+from ...backbones.clip import create_clip, tensor_fingerprint
 from ...backbones.convnext import ClipConvNeXt
-from ...hub import ModelSpec, WeightSource
 from ...layers.mask_semantic import mask_semantic
-from ...losses.criterion import SetCriterion
-from ...losses.matcher import HungarianMatcher
+from ...losses.criterion import mask_criterion
+from ...model import SegModel
+from ...protocol import Protocol
 from ...vocab import Vocabulary, VocabularyError, per_class_keep_last
 from . import postprocess as post
-from ...protocol import Protocol
-from ...model import SegModel
 from .decoder import MaskDecoder
 from .pixel_decoder import PixelDecoder
 from .train import FCCLIPTraining
@@ -66,15 +63,10 @@ class FCCLIP(FCCLIPTraining, SegModel):
                  importance_sample_ratio: float = 0.75, image_size: int = 1024,
                  resolution: tuple[int, int] = (800, 1333)):
         super().__init__()
-        if clip_weights is None:   # random init; no fingerprint of the whole CLIP
-            register_configs()
-            clip = open_clip.create_model(clip_arch, pretrained=None, device=torch.get_default_device())
-            self._tokenizer = open_clip.get_tokenizer(clip_arch)
-        else:
-            clip, self._tokenizer, _ = create_clip(clip_arch, clip_weights)
+        clip, self._tokenizer, _ = create_clip(clip_arch, clip_weights, fingerprint=False)   # None: random init
         self.clip = clip
         self.clip_arch = clip_arch
-        self.__dict__["backbone"] = ClipConvNeXt(clip)      # a view on clip.visual, no second set of keys
+        self.attach("backbone", ClipConvNeXt(clip))
         embed = self.backbone.embed_dim
         self.pixel_decoder = PixelDecoder(self.backbone.channels, **(pixel or {}))
         self.decoder = MaskDecoder(**{"embed_dim": embed, **(decoder or {})})
@@ -84,15 +76,12 @@ class FCCLIP(FCCLIPTraining, SegModel):
         self.topk = post.TOPK
         self.train_vocabulary = Vocabulary.resolve(train_vocabulary)
         self._train_synonyms = set(self.train_vocabulary.prompts)
-        weights = loss_weights or {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
-        matcher = HungarianMatcher(weights["loss_ce"], weights["loss_mask"], weights["loss_dice"], train_points)
-        self.criterion = SetCriterion(matcher, weights, no_object_weight, train_points, oversample_ratio,
-                                      importance_sample_ratio)
+        self.criterion = mask_criterion(loss_weights, no_object_weight, train_points, oversample_ratio,
+                                        importance_sample_ratio)
         self.image_size = image_size
         self.masks_first = True     # see classify_at / set_dataset
         self.protocol = Protocol(short_side=resolution[0], max_side=resolution[1], mode="whole",
                                  size_divisibility=32, resize="pil")   # detectron2's ResizeShortestEdge
-        self._text_ident: str | None = None
         for p in self.clip.parameters():
             p.requires_grad_(False)
         self.clip.eval()
@@ -108,14 +97,11 @@ class FCCLIP(FCCLIPTraining, SegModel):
         self.protocol = Protocol(**{**self.protocol.to_dict(), "short_side": short_side, "max_side": max_side})
 
     # --- text side -------------------------------------------------------
-    def text_tower(self):
-        if self._text_ident is None:   # frozen, but a loaded checkpoint may bring its own
-            self._text_ident = f"fcclip:{self.clip_arch}:text:{tensor_fingerprint(self.clip, exclude=('visual.',))}"
-        return self.clip, self._tokenizer, self._text_ident
+    def text_parts(self):
+        return self.clip, self._tokenizer
 
-    def reset_text_cache(self) -> None:
-        super().reset_text_cache()
-        self._text_ident = None
+    def text_identity(self) -> str:   # frozen, but a loaded checkpoint may bring its own
+        return f"fcclip:{self.clip_arch}:text:{tensor_fingerprint(self.clip, exclude=('visual.',))}"
 
     def seen(self, vocab: Vocabulary) -> torch.Tensor:
         """bool [C]: a class is "seen" when one of its synonyms is a training synonym (exact match)."""
@@ -182,9 +168,7 @@ class FCCLIP(FCCLIPTraining, SegModel):
         Cityscapes, COCO, and the default) the mask logits are cropped and resized before
         the sum over queries; otherwise the padded-size semantic map is (semantic-only configs)."""
         if not self.masks_first:
-            out = self.classify(features, text, vocab)
-            out = out[..., : crop[0], : crop[1]] if crop is not None else out
-            return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False) if size else out
+            return super().classify_at(features, text, vocab, crop, size)
         prob = self.class_logits(features, text, vocab).softmax(-1)[..., :-1]
         return mask_semantic(prob, features["mask_logits"], features["size"], crop, size)
 
@@ -261,43 +245,8 @@ def benchmark_things(names: tuple[str, ...]) -> tuple[bool, ...] | None:
     return None
 
 
-# --- presets -------------------------------------------------------------------
-def _preset(name: str, **fixed):
-    def build(**overrides) -> FCCLIP:
-        model = FCCLIP(**{**fixed, **overrides})
-        model.config = {"preset": name, **overrides}
-        return model
-    return build
-
-
-# Google Drive file of the published ConvNeXt-L checkpoint (README of bytedance/fc-clip).
-_GDRIVE_L = "1-91PIns86vyNaL3CzMmDD39zKGnPMtvj"
-_DECODER = dict(num_queries=250, num_layers=9)
 # Other ConvNeXt CLIPs the layout supports (no published FC-CLIP checkpoint; train one with
 # configs/fcclip-convnext-l.yaml and model overrides ``clip_arch`` / ``clip_weights``).
 CLIP_VARIANTS = {"convnext_base_w_320": "laion_aesthetic_s13b_b82k_augreg",
                  "convnext_large_d_320": "laion2b_s29b_b131k_ft_soup",
                  "convnext_xxlarge": "laion2b_s34b_b82k_augreg_soup"}
-_TINY = dict(pixel=dict(dim=32, mask_dim=32, enc_layers=1, heads=4, points=2, ffn=64, groups=8),
-             decoder=dict(dim=32, num_queries=12, heads=4, ffn=64, num_layers=3, mask_dim=32),
-             train_points=24 * 24, image_size=64, resolution=(128, 256))
-
-build_fcclip_convnext_l = _preset("fcclip-convnext-l", clip_arch="convnext_large_d_320", decoder=_DECODER)
-build_fcclip_tiny = _preset("fcclip-tiny", clip_arch="tiny-convnext", **_TINY)
-
-_PUBLISHED_L = {"ade-panoptic:pq": 26.8, "ade-panoptic:ap": 16.8, "ade150": 34.1, "cityscapes:pq": 44.0,
-                "cityscapes:ap": 26.8, "cityscapes": 56.2, "mapillary:pq": 18.3, "mapillary": 27.8,
-                "ade847": 14.8, "pc59": 58.4, "pc459": 18.2, "voc21": 81.8, "voc20": 95.4,
-                "coco-panoptic:pq": 54.4, "coco-panoptic:ap": 44.6, "coco-panoptic": 63.7}
-
-PRESETS = {
-    "fcclip-convnext-l": ModelSpec(
-        "fcclip-convnext-l", "fcclip", build_fcclip_convnext_l,
-        "FC-CLIP with frozen ConvNeXt-L CLIP (LAION-2B, 320 px), trained on COCO panoptic",
-        weights=WeightSource(filename="fcclip_cocopan.pth",
-                             url=f"https://drive.usercontent.google.com/download?id={_GDRIVE_L}"
-                                 "&export=download&confirm=t"),
-        clip=("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup"), published=_PUBLISHED_L),
-    "fcclip-tiny": ModelSpec("fcclip-tiny", "fcclip", build_fcclip_tiny, "tiny random FC-CLIP for tests",
-                             clip=("tiny-convnext", None), test_only=True),
-}

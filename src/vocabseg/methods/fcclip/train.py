@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...model import NORM_TYPES
+from ...data.transforms import lsj_transform, panoptic_to_instances, sem_seg_to_masks
+from ...model import NORM_TYPES, grouped_parameters
 
 
 
@@ -18,7 +19,6 @@ def item_targets(item: dict, num_classes: int) -> dict:
     """Mask-classification targets of one training item: its ``instances``
     (labels, masks), else built from ``pan_seg`` + ``segments_info`` (crowd
     skipped), else from ``sem_seg`` (one mask per class)."""
-    from ...data.transforms import panoptic_to_instances, sem_seg_to_masks
     if "instances" in item:
         t = item["instances"]
     elif "pan_seg" in item:
@@ -37,22 +37,17 @@ class FCCLIPTraining:
         """Weighted losses (class CE, mask BCE, Dice on every prediction set) for a
         batch of items with ``image`` float [3, H, W] in 0..1 and targets (see
         ``item_targets``); class ids index ``vocab`` (the training vocabulary)."""
-        from ...protocol import normalize
-        device = self.void_embedding.weight.device
-        div = self.protocol.size_divisibility
-        h = -(-max(it["image"].shape[-2] for it in batch) // div) * div
-        w = -(-max(it["image"].shape[-1] for it in batch) // div) * div
-        images, targets = [], []
+        device = self.device
+        images, _ = self.training_images(batch)
+        targets = []
         for it in batch:
-            img = normalize(it["image"].to(device, torch.float32)[None], self.protocol)[0]
-            images.append(F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])))
             t = item_targets(it, len(vocab))
             m = t["masks"].to(device)
-            masks = F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]))   # padded like the image
+            masks = F.pad(m, (0, images.shape[-1] - m.shape[-1], 0, images.shape[-2] - m.shape[-2]))  # as the image
             targets.append({"labels": t["labels"].to(device), "masks": masks})
         with torch.no_grad():
             text = self.text_encoder()(vocab).to(device)
-        _, outputs = self.forward_features(torch.stack(images))
+        _, outputs = self.forward_features(images)
         cls = self.classifier(text)
         preds = [{"pred_logits": self.in_vocab_logits(e, cls, vocab), "pred_masks": m} for e, m in outputs]
         out = {**preds[-1], "aux_outputs": preds[:-1]}
@@ -62,7 +57,6 @@ class FCCLIPTraining:
         """LSJ as published (``data.transform`` or ``data``: ``image_size`` 1024,
         ``min_scale`` 0.1, ``max_scale`` 2.0): flip, resize, fixed crop -> item with
         ``image`` float [3, S, S] in 0..1 and ``instances`` (crowd segments skipped)."""
-        from ...data.transforms import lsj_transform
         data = (cfg or {}).get("data", {}) if isinstance(cfg, dict) else {}
         data = {**data, **(data.get("transform") or {})}
         aug = lsj_transform(int(data.get("image_size", self.image_size)), float(data.get("min_scale", 0.1)),
@@ -85,15 +79,7 @@ class FCCLIPTraining:
         wd = float(optim.get("weight_decay", 0.05))
         wd_norm = float(optim.get("weight_decay_norm", 0.0))
         wd_embed = float(optim.get("weight_decay_embed", 0.0))
-        groups = {"decay": [], "norm": [], "embed": []}
-        seen = set()
-        for _, module in self.named_modules():
-            for p in module.parameters(recurse=False):
-                if not p.requires_grad or id(p) in seen:
-                    continue
-                seen.add(id(p))
-                kind = "norm" if isinstance(module, NORM_TYPES) else "embed" if isinstance(module, nn.Embedding) \
-                    else "decay"
-                groups[kind].append(p)
+        groups = grouped_parameters(self, lambda module, name: "norm" if isinstance(module, NORM_TYPES) else
+                                    "embed" if isinstance(module, nn.Embedding) else "decay", ("decay", "norm", "embed"))
         return [{"params": groups["decay"], "weight_decay": wd}, {"params": groups["norm"], "weight_decay": wd_norm},
                 {"params": groups["embed"], "weight_decay": wd_embed}]

@@ -151,7 +151,6 @@ def load_state_dict(model, state_dict: dict) -> None:
         raise ValueError("the SAN checkpoint does not fit the model" + _listing("missing", missing)
                          + _listing("unexpected", unexpected) + _listing("wrong shape", shapes))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
-    model.reset_text_cache()
 
 
 def load_published(model, path: str | os.PathLike, clip_weights: str | None = None) -> None:

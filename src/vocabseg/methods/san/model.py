@@ -21,20 +21,18 @@ few matrix products.
 """
 from __future__ import annotations
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...backbones.clip import create_clip, register_configs, tensor_fingerprint
+from ...backbones.clip import create_clip, tensor_fingerprint
 from ...backbones.vit import ClipViT
-from ...hub import ModelSpec, WeightSource
+from ...data.transforms import sem_seg_to_masks, semantic_train_transform
 from ...layers.mask_semantic import mask_semantic
-from ...losses.criterion import SetCriterion
-from ...losses.matcher import HungarianMatcher
-from ...vocab import Vocabulary, per_class_keep_last
-from ...model import NORM_TYPES, SegModel
+from ...losses.criterion import mask_criterion
+from ...model import NORM_TYPES, SegModel, grouped_parameters
 from ...protocol import Protocol
+from ...vocab import Vocabulary, per_class_keep_last
 from .side import SideAdapter, SideConfig
 
 # SAN's build_optimizer: weight decay ``weight_decay_embed`` for parameters whose
@@ -59,17 +57,11 @@ class SAN(SegModel):
                  train_points: int = 112 * 112, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75):
         super().__init__()
-        if clip_weights is None:  # random init (a published SAN file brings its own CLIP)
-            register_configs()
-            clip = open_clip.create_model(clip_arch, pretrained=None, force_quick_gelu=quick_gelu,
-                                          device=torch.get_default_device())  # "meta" for counting
-            self._tokenizer = open_clip.get_tokenizer(clip_arch)
-        else:
-            clip, self._tokenizer, _ = create_clip(clip_arch, clip_weights, quick_gelu=quick_gelu)
+        # random init when clip_weights is None (a published SAN file brings its own CLIP)
+        clip, self._tokenizer, _ = create_clip(clip_arch, clip_weights, quick_gelu=quick_gelu, fingerprint=False)
         self.clip = clip
         self.clip_arch = clip_arch
-        vit = ClipViT(clip.visual)
-        object.__setattr__(self, "vit", vit)   # a view on clip.visual, not a second set of keys
+        vit = self.attach("vit", ClipViT(clip.visual))
         if not 0 < split < vit.num_layers:
             raise ValueError(f"split must be in 1..{vit.num_layers - 1}, got {split}")
         if side.bias_heads != vit.heads:
@@ -82,12 +74,9 @@ class SAN(SegModel):
         self.side = SideAdapter(side, vit.width)
         dim = vit.output_dim
         self.bg_embed = nn.Parameter(torch.randn(1, dim) * dim ** -0.5)
-        w = loss_weights or {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
-        matcher = HungarianMatcher(w["loss_ce"], w["loss_mask"], w["loss_dice"], train_points)
-        self.criterion = SetCriterion(matcher, w, no_object_weight, train_points, oversample_ratio,
-                                      importance_sample_ratio)
+        self.criterion = mask_criterion(loss_weights, no_object_weight, train_points, oversample_ratio,
+                                        importance_sample_ratio)
         self.protocol = Protocol(short_side=640, max_side=2560, mode="whole", size_divisibility=32, resize="pil")
-        self._text_ident: str | None = None
         self.freeze_clip()
 
     # --- parameters ------------------------------------------------------
@@ -110,25 +99,17 @@ class SAN(SegModel):
         decay = {"default": float(optim.get("weight_decay", 1e-4)),
                  "embed": float(optim.get("weight_decay_embed", 0.0)),
                  "norm": float(optim.get("weight_decay_norm", 0.0))}
-        groups: dict[str, list] = {k: [] for k in decay}
-        for _, module in self.named_modules():
-            for name, p in module.named_parameters(recurse=False):
-                if not p.requires_grad:
-                    continue
-                kind = "embed" if any(k in name for k in EMBED_NAMES) else "default"
-                groups["norm" if isinstance(module, NORM_TYPES) else kind].append(p)
+        groups = grouped_parameters(self, lambda module, name: "norm" if isinstance(module, NORM_TYPES) else
+                                    "embed" if any(k in name for k in EMBED_NAMES) else "default", tuple(decay))
         lr = float(optim.get("lr", 1e-4))
         return [{"name": k, "params": ps, "lr": lr, "weight_decay": decay[k]} for k, ps in groups.items() if ps]
 
     # --- text side -------------------------------------------------------
-    def text_tower(self):
-        if self._text_ident is None:
-            self._text_ident = f"san:{self.clip_arch}:text:{tensor_fingerprint(self.clip, exclude=('visual.',))}"
-        return self.clip, self._tokenizer, self._text_ident
+    def text_parts(self):
+        return self.clip, self._tokenizer
 
-    def reset_text_cache(self) -> None:
-        super().reset_text_cache()
-        self._text_ident = None
+    def text_identity(self) -> str:
+        return f"san:{self.clip_arch}:text:{tensor_fingerprint(self.clip, exclude=('visual.',))}"
 
     # --- image side ------------------------------------------------------
     def forward_features(self, images: torch.Tensor, decode_all: bool = False):
@@ -187,19 +168,10 @@ class SAN(SegModel):
         float [3, H, W] in 0..1 (or uint8), ``sem_seg`` LongTensor[H, W] with ``ignore_index``
         (default 255); one target mask per class present, padded like the image.
         ``text`` [S, D] overrides the vocabulary's embeddings (default: the text encoder)."""
-        from ...data.transforms import sem_seg_to_masks
-        from ...protocol import normalize
-        device = self.bg_embed.device
-        div = self.protocol.size_divisibility
-        h = -(-max(item["image"].shape[-2] for item in batch) // div) * div
-        w = -(-max(item["image"].shape[-1] for item in batch) // div) * div
-        images, targets = [], []
-        for item in batch:
-            img = item["image"].to(device)
-            img = img.float() / 255.0 if not img.is_floating_point() else img.float()   # uint8 0..255 or float 0..1
-            img = normalize(img[None], self.protocol)[0]
-            pad = (0, w - img.shape[-1], 0, h - img.shape[-2])
-            images.append(F.pad(img, pad))
+        device = self.device
+        images, pads = self.training_images(batch)
+        targets = []
+        for item, pad in zip(batch, pads):
             t = sem_seg_to_masks(item["sem_seg"].to(device), item.get("ignore_index", 255))
             if t["labels"].numel() and int(t["labels"].max()) >= len(vocab):
                 raise ValueError(f"sem_seg holds class {int(t['labels'].max())}, the vocabulary has {len(vocab)}")
@@ -208,7 +180,7 @@ class SAN(SegModel):
             with torch.no_grad():
                 text = self.text_encoder()(vocab)
         text = text.to(device)
-        masks, embs = self.forward_features(torch.stack(images), decode_all=True)
+        masks, embs = self.forward_features(images, decode_all=True)
         logits = [self.class_logits(e, text, vocab) for e in embs]
         outputs = {"pred_logits": logits[-1], "pred_masks": masks[-1],
                    "aux_outputs": [{"pred_logits": lg, "pred_masks": m} for lg, m in zip(logits[:-1], masks[:-1])]}
@@ -231,7 +203,6 @@ def train_transform(cfg: dict | None = None):
     ``max_size`` 2560, ``cat_max_ratio`` 1.0, ``color_aug`` true, ``ignore_index``
     255 -> callable item (uint8 ``image``, ``sem_seg``) -> item with ``image``
     float [3, H, W] in 0..1."""
-    from ...data.transforms import semantic_train_transform
     t = (_section(cfg, "data").get("transform") or {}) if "data" in (cfg or {}) else (cfg or {})
     unknown = set(t) - set(TRANSFORM_KEYS)
     if unknown:
@@ -247,43 +218,3 @@ def train_transform(cfg: dict | None = None):
         out["image"] = out["image"].float() / 255.0
         return out
     return apply
-
-
-# --- presets -------------------------------------------------------------------
-def _preset(name: str, clip_arch: str, split: int, heads: int, resolution: float, fusion: dict,
-            side: dict | None = None, **fixed):
-    def build(**overrides) -> SAN:
-        kw = {**fixed, **overrides}
-        side_cfg = SideConfig(**{"fusion_map": fusion, "bias_heads": heads, **(side or {}), **kw.pop("side", {})})
-        model = SAN(kw.pop("clip_arch", clip_arch), kw.pop("clip_weights", None), split=kw.pop("split", split),
-                    clip_resolution=kw.pop("clip_resolution", resolution), side=side_cfg, **kw)
-        model.config = {"preset": name, **overrides}
-        return model
-    return build
-
-
-build_san_vit_b16 = _preset("san-vit-b16", "ViT-B-16", split=9, heads=12, resolution=0.5,
-                            fusion={0: 0, 1: 3, 2: 6, 3: 9})
-build_san_vit_l14 = _preset("san-vit-l14", "ViT-L-14-336", split=18, heads=16, resolution=0.7,
-                            fusion={0: 0, 1: 6, 2: 12, 3: 18})
-build_san_tiny = _preset("san-tiny", "tiny-vit", split=2, heads=3, resolution=0.5,
-                         fusion={0: 0, 1: 1, 2: 2}, quick_gelu=False, train_points=32 * 32,
-                         side=dict(width=32, depth=3, heads=2, patch_size=8, image_size=64, num_queries=8,
-                                   deep_supervision=(2, 3), embed_channels=24, mlp_channels=24))
-
-PRESETS = {
-    "san-vit-b16": ModelSpec(
-        "san-vit-b16", "san", build_san_vit_b16,
-        "SAN with CLIP ViT-B/16 (OpenAI), trained on COCO-Stuff 171",
-        weights=WeightSource(filename="san_vit_b_16.pth", repo_id="Mendel192/san"),
-        clip=("ViT-B-16", "openai"),
-        published={"ade847": 10.1, "pc459": 12.6, "ade150": 27.5, "pc59": 53.8, "voc20": 94.0}),
-    "san-vit-l14": ModelSpec(
-        "san-vit-l14", "san", build_san_vit_l14,
-        "SAN with CLIP ViT-L/14 at 336 px (OpenAI), trained on COCO-Stuff 171",
-        weights=WeightSource(filename="san_vit_large_14.pth", repo_id="Mendel192/san"),
-        clip=("ViT-L-14-336", "openai"),
-        published={"ade847": 12.4, "pc459": 15.7, "ade150": 32.1, "pc59": 57.7, "voc20": 94.6}),
-    "san-tiny": ModelSpec("san-tiny", "san", build_san_tiny, "tiny random SAN for tests",
-                          clip=("tiny-vit", None), test_only=True),
-}

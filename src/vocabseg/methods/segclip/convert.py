@@ -1,6 +1,6 @@
 """SegCLIP's published checkpoint (``segclip.bin``, a plain state_dict) <-> ours.
 
-Published layout (ArrowLuo/SegCLIP)                      ours (``models.segclip.SegCLIP``)
+Published layout (ArrowLuo/SegCLIP)                      ours (``methods.segclip.model.SegCLIP``)
   clip.<text tower, visual stem, ln_post, proj, logit_scale>  clip.<same>   (open_clip = OpenAI names)
   clip.visual.transformer.layers0.{i}.*                 clip.visual.transformer.resblocks.{i}.*
   clip.visual.transformer.layers2.{j}.*                 clip.visual.transformer.resblocks.{split+j}.*
@@ -20,6 +20,7 @@ import re
 
 import torch
 
+from ...backbones.clip import create_clip
 from ...convert import block_count, load_file, mismatch, unwrap
 
 _VT = "clip.visual.transformer."
@@ -110,8 +111,6 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
                 if any(k.startswith("clip.") and k not in sd for k in expected) and clip_state_dict is None else "")
         raise ValueError("SegCLIP checkpoint does not match the model" + hint + problems)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
-    if hasattr(model, "reset_text_cache"):
-        model.reset_text_cache()
     return {"filled": filled}
 
 
@@ -127,6 +126,5 @@ def load_published(model, path: str, clip_state_dict: dict | None = None,
     ours = to_ours(sd) if detect(sd) else sd
     lacks_clip = any(k.startswith("clip.") and k not in ours for k in model.state_dict())
     if lacks_clip and clip_state_dict is None:
-        from ...backbones.clip import create_clip
         clip_state_dict = create_clip(*clip)[0].state_dict()
     return load_into(model, sd, clip_state_dict)

@@ -19,21 +19,21 @@ Training (``forward_train``) returns the three losses of ``losses.segclip``.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...backbones.clip import CLIP_MEAN, CLIP_STD, create_clip, tensor_fingerprint
+from ...backbones.clip import tensor_fingerprint
 from ...backbones.vit import ClipViT
-from ...hub import ModelSpec, WeightSource
-from . import losses as L
+from ...data.benchmarks import BENCHMARKS
+from ...data.captions import CaptionTransform
+from ...model import SegModel
+from ...protocol import Protocol
 from ...text import encode_text_tokens
 from ...vocab import Vocabulary, reduce_synonyms
-from ...protocol import Protocol
-from ...model import SegModel
+from . import losses as L
 from .group import SemanticGroup, reconstruct_patches
 
 BG_THRESH = {"voc21": 0.80, "pc60": 0.25, "coco-object": 0.65}
@@ -58,6 +58,7 @@ class SegCLIPFeatures:
 class SegCLIP(SegModel):
     template_set = "single"
     text_average = "raw"
+    region_groups = True
 
     def __init__(self, clip, tokenizer, split: int, arch: str = "", num_centers: int = 8, cross_layers: int = 2, tau: float = 0.9,
                  topk: int = 5, bg_thresh: float = 0.80, mask_ratio: float = 0.75, decoder_depth: int = 3,
@@ -67,8 +68,7 @@ class SegCLIP(SegModel):
         self.clip = clip
         self.tokenizer = tokenizer
         self.arch = arch     # open_clip architecture name: part of the text-cache identity (activation, sizes)
-        self.__dict__["vit"] = ClipViT(clip.visual)    # a view of clip.visual, not a second copy of its weights
-        vit = self.vit
+        vit = self.attach("vit", ClipViT(clip.visual))
         if not 0 < split < vit.num_layers:
             raise ValueError(f"split must lie in 1..{vit.num_layers - 1}, got {split}")
         self.split, self.topk, self.bg_thresh = split, topk, bg_thresh
@@ -88,26 +88,21 @@ class SegCLIP(SegModel):
         self.loss_weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
         self.protocol = protocol or Protocol(short_side=224, max_side=2048, mode="slide", window=224, stride=224,
                                              size_divisibility=vit.patch_size, resize="cv2")
-        self._identity: str | None = None
 
     # --- text ------------------------------------------------------------------
-    def text_tower(self):
-        if self._identity is None:   # SegCLIP trains its text tower: name the weights by their content
-            text = {k: v for k, v in self.clip.state_dict().items() if not k.startswith("visual.")}
-            holder = nn.Module()
-            for i, (k, v) in enumerate(sorted(text.items())):
-                holder.register_buffer(f"t{i}", v)
-            self._identity = f"segclip:{self.arch}:{tensor_fingerprint(holder)}"
-        return self.clip, self.tokenizer, self._identity
+    def text_parts(self):
+        return self.clip, self.tokenizer
 
-    def reset_text_cache(self) -> None:
-        super().reset_text_cache()
-        self._identity = None
+    def text_identity(self) -> str:   # SegCLIP trains its text tower: name the weights by their content
+        text = {k: v for k, v in self.clip.state_dict().items() if not k.startswith("visual.")}
+        holder = nn.Module()
+        for i, (k, v) in enumerate(sorted(text.items())):
+            holder.register_buffer(f"t{i}", v)
+        return f"segclip:{self.arch}:{tensor_fingerprint(holder)}"
 
     def set_dataset(self, name: str) -> None:
         """Use the published background threshold of benchmark ``name`` (voc21, pc60,
         coco-object). Datasets without a background class need none (no change)."""
-        from ...data.benchmarks import BENCHMARKS
         if name in BG_THRESH:
             self.bg_thresh = BG_THRESH[name]
         elif name in BENCHMARKS and BENCHMARKS[name].background is not None:
@@ -170,7 +165,6 @@ class SegCLIP(SegModel):
         """Dataset item (uint8 image + caption) -> training item (see ``data.captions``).
         ``cfg``: the training config; options from ``data.transform`` (size, scale,
         superpixels, sp_short_side, sp_scale, sp_sigma, sp_min_size)."""
-        from ...data.captions import CaptionTransform
         opts = dict(((cfg or {}).get("data") or {}).get("transform") or {})
         opts.setdefault("size", round((self.clip.visual.positional_embedding.shape[0] - 1) ** 0.5) * self.vit.patch_size)
         return CaptionTransform(size=int(opts.pop("size")), patch=self.vit.patch_size, **opts)
@@ -178,11 +172,8 @@ class SegCLIP(SegModel):
     def forward_train(self, batch: list[dict], vocab: Vocabulary | None = None) -> dict[str, torch.Tensor]:
         """Losses (weighted by ``loss_weights``) for items with ``image`` float [3, S, S]
         in 0..1, ``caption`` str and, for the superpixel loss, ``superpixels`` [h, w]."""
-        device = self.clip.logit_scale.device
-        images = torch.stack([b["image"] for b in batch]).to(device).float()
-        mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-        images = (images - mean) / std
+        device = self.device
+        images, _ = self.training_images(batch)
         tokens = self.tokenizer([b["caption"] for b in batch], context_length=self.caption_length).to(device)
         text = encode_text_tokens(self.clip, tokens)
         _, image, hard, _, _ = self.visual(images, noise=True)
@@ -263,41 +254,3 @@ def _reinit_block(block: nn.Module) -> None:
         elif isinstance(m, nn.MultiheadAttention):
             nn.init.xavier_uniform_(m.in_proj_weight)
             nn.init.zeros_(m.in_proj_bias)
-
-
-# --- presets -------------------------------------------------------------------
-def build(arch: str, split: int, clip_weights: str | None = None, **kw) -> SegCLIP:
-    """SegCLIP on open_clip ``arch``; ``clip_weights`` an open_clip tag or file
-    (None: random init; load the published checkpoint with ``convert.segclip``)."""
-    clip, tokenizer, _ = create_clip(arch, clip_weights)
-    return SegCLIP(clip, tokenizer, split, arch=arch, **kw).eval()
-
-
-def _b16(**kw) -> SegCLIP:
-    """CLIP ViT-B/16 (OpenAI, QuickGELU), split after block 10 (of 12)."""
-    tag = kw.get("clip_weights")
-    arch = "ViT-B-16" if tag and not os.path.isfile(tag) else "ViT-B-16-quickgelu"   # the openai tag sets QuickGELU
-    model = build(arch, 10, **kw)
-    model.config = {"preset": "segclip-vit-b16", **kw}
-    return model
-
-
-def _tiny(**kw) -> SegCLIP:
-    """tiny-vit (4 blocks, width 48, 3 heads, 64 px), split after block 2; 64 px windows."""
-    protocol = Protocol(short_side=64, max_side=512, mode="slide", window=64, stride=64, size_divisibility=16)
-    model = build("tiny-vit", 2, protocol=protocol, **kw)
-    model.config = {"preset": "segclip-tiny", **kw}
-    return model
-
-
-PRESETS = {
-    "segclip-vit-b16": ModelSpec(
-        name="segclip-vit-b16", family="segclip", build=_b16,
-        description="SegCLIP, CLIP ViT-B/16 (OpenAI), trained on CC3M + COCO captions",
-        weights=WeightSource("segclip.bin",
-                             url="https://github.com/ArrowLuo/SegCLIP/releases/download/checkpoint_v0/segclip.bin"),
-        clip=("ViT-B-16", "openai"),
-        published={"voc21": 52.6, "pc60": 24.7, "coco-object": 26.5}),
-    "segclip-tiny": ModelSpec(name="segclip-tiny", family="segclip", build=_tiny,
-                              description="tiny random SegCLIP for tests", clip=("tiny-vit", None), test_only=True),
-}

@@ -46,9 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...backbones.clip import create_clip, tensor_fingerprint
+from ...backbones.clip import tensor_fingerprint
 from ...backbones.vit import ClipViT, block_with_attention
-from ...hub import ModelSpec
 from ...vocab import Vocabulary, reduce_synonyms
 from ...protocol import Protocol
 from ...model import SegModel
@@ -112,8 +111,7 @@ class TrainingFreeCLIP(SegModel):
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(LAST_BLOCK)}")
         _check_vit(clip)
         self.clip, self.tokenizer, self.clip_identity = clip, tokenizer, identity
-        self._identity: str | None = None
-        self.__dict__["vit"] = ClipViT(clip.visual, pos_offset=0.1)   # a view; DINO-style position resizing
+        self.attach("vit", ClipViT(clip.visual, pos_offset=0.1))   # DINO-style position resizing
         self.method, self.gaussian_std = method, float(gaussian_std)
         self.residual, self.padding = LAST_BLOCK[method]
         self.base_settings = {**METHODS[method], **(settings or {})}
@@ -139,20 +137,14 @@ class TrainingFreeCLIP(SegModel):
             if name is not None:
                 self.config["dataset"] = name
 
-    def text_tower(self):
-        """(open_clip model, tokenizer, identity). Named weights keep create_clip's
-        identity; random-init weights (which may be overwritten by loading a
-        checkpoint) are named by their current content."""
-        if self._identity is None:
-            ident = self.clip_identity
-            if ":random:" in ident:
-                ident = f"{ident.split(':')[0]}:weights:{tensor_fingerprint(self.clip)}"
-            self._identity = ident
-        return self.clip, self.tokenizer, self._identity
+    def text_parts(self):
+        return self.clip, self.tokenizer
 
-    def reset_text_cache(self) -> None:
-        super().reset_text_cache()
-        self._identity = None
+    def text_identity(self) -> str:
+        """Named weights keep create_clip's identity; random-init weights (which may be
+        overwritten by loading a checkpoint) are named by their current content."""
+        ident = self.clip_identity
+        return f"{ident.split(':')[0]}:weights:{tensor_fingerprint(self.clip)}" if ":random:" in ident else ident
 
     # --- image -----------------------------------------------------------------
     def dense_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -222,44 +214,3 @@ def _check_vit(clip: nn.Module) -> None:
     if visual.attn_pool is not None:
         raise ValueError("the training-free methods need a ViT whose tokens go through ln_post / proj "
                          "(this one pools with attention)")
-
-
-# --- presets -------------------------------------------------------------------
-def build(method: str, clip_arch: str = "ViT-B-16", clip_weights: str | None = "openai",
-          quick_gelu: bool | None = None, gaussian_std: float = 5.0, dataset: str | None = None,
-          **settings) -> TrainingFreeCLIP:
-    """``method`` over open_clip ``clip_arch`` with ``clip_weights`` (an open_clip
-    tag or file; None = random init). ``settings`` override the method's defaults
-    (short_side, max_side, mode, window, stride, logit_scale, prob_thd, area_thd);
-    ``dataset`` applies a benchmark's published settings (``set_dataset``)."""
-    unknown = set(settings) - set(METHODS[method] if method in METHODS else ())
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(METHODS[method])}")
-    clip, tokenizer, identity = create_clip(clip_arch, clip_weights, quick_gelu=quick_gelu)
-    model = TrainingFreeCLIP(clip, tokenizer, identity, method, gaussian_std, settings).eval()
-    if dataset is not None:
-        model.set_dataset(dataset)
-    return model
-
-
-def _preset(name: str, method: str, **fixed):
-    def builder(**overrides) -> TrainingFreeCLIP:
-        model = build(method, **{**fixed, **overrides})
-        model.config = {"preset": name, **overrides}
-        return model
-    builder.__name__ = f"build_{name.replace('-', '_')}"
-    return builder
-
-
-_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
-PRESETS = {}
-for _m, _title in _TITLES.items():
-    PRESETS[f"{_m}-vit-b16"] = ModelSpec(
-        f"{_m}-vit-b16", "maskclip", _preset(f"{_m}-vit-b16", _m),
-        f"{_title} (training-free) on CLIP ViT-B/16 (OpenAI); any open_clip ViT via clip_arch=, clip_weights=",
-        clip=("ViT-B-16", "openai"), published=dict(PUBLISHED[_m]))
-    PRESETS[f"{_m}-tiny"] = ModelSpec(
-        f"{_m}-tiny", "maskclip", _preset(f"{_m}-tiny", _m, clip_arch="tiny-vit", clip_weights=None, **TINY),
-        f"tiny random {_title} for tests", clip=("tiny-vit", None), test_only=True)
