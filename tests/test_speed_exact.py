@@ -1,6 +1,9 @@
 """Every exact fast path of ``vocabseg.speed`` equals the straightforward path it
 replaces (run under ``speed.plain_paths()``), on tiny models and random inputs.
 No timing here: speed is measured by ``vocabseg bench`` / benchmarks/speed.py."""
+import contextvars
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +79,40 @@ def test_switch_is_restored_and_fast_linear_keeps_keys():
     fast, plain = both(lambda: seq(x))
     close(fast, plain, 1e-6)
     assert seq(x.requires_grad_()).grad_fn is not None               # with autograd: F.linear, differentiable
+
+
+def test_switch_is_a_context_variable():
+    """plain_paths() sets the switch in the current context only: nested and raising
+    blocks restore it, a context copied inside sees it (also from another thread),
+    and a thread's own plain_paths() leaves this thread fast."""
+    with speed.plain_paths():
+        inside = contextvars.copy_context()
+        with speed.plain_paths():
+            assert not speed.fast()
+        with pytest.raises(RuntimeError):
+            with speed.plain_paths():
+                raise RuntimeError
+        assert not speed.fast()
+    assert speed.fast() and not inside.run(speed.fast)
+    with speed.plain_paths():
+        assert contextvars.copy_context().run(speed.fast) is False
+    seen, entered, checked = [], threading.Event(), threading.Event()
+
+    def worker():
+        seen.append(inside.run(speed.fast))
+        with speed.plain_paths():
+            entered.set()
+            checked.wait(10)
+            seen.append(speed.fast())
+        seen.append(speed.fast())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    entered.wait(10)
+    seen.append(speed.fast())                 # main thread, while the worker is inside plain_paths()
+    checked.set()
+    t.join(10)
+    assert seen == [False, True, False, True]
 
 
 def test_san_recognition_head_equals_masked_attention(san):

@@ -12,13 +12,13 @@ The fast paths (see each function's docstring):
   attention instead of the masked (Q+1+L)^2 one, CLS and patches as plain CLIP
   blocks, and the last block's CLS/patch rows as keys and values only
   (``backbones.vit.ClipViT.forward_sos``); the attention-bias head folds its last
-  1x1 convolution into the queries (``models.san_side.MaskDecoder``).
+  1x1 convolution into the queries (``methods.san.side.MaskDecoder``).
 * FC-CLIP: the ConvNeXt trunk runs channels-last; intermediate decoder heads
   build their attention masks at the attention resolution (bilinear resizing is
   linear, so it commutes with the query . pixel product) and skip the class
-  embeddings only training reads (``models.fcclip_decoder``); deformable
+  embeddings only training reads (``methods.fcclip.decoder``); deformable
   attention gathers its bilinear corners with one weighted ``embedding_bag``
-  (``layers.ms_deform_attn``).
+  (``methods.fcclip.ms_deform_attn``).
 * Text: prompts sharing a token prefix (a template's words before the name)
   compute it once, and the last block runs only the end-of-text row
   (``text.encode_prompts``).
@@ -31,37 +31,39 @@ The fast paths (see each function's docstring):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_FAST = True
+_FAST = contextvars.ContextVar("vocabseg_fast_paths", default=True)
 _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None) \
     if torch.backends.mkldnn.is_available() else None
 
 
 def fast() -> bool:
-    """True unless inside ``plain_paths()``."""
-    return _FAST
+    """True unless inside ``plain_paths()`` (in this thread / context)."""
+    return _FAST.get()
 
 
 @contextlib.contextmanager
 def plain_paths():
-    """Run the straightforward formulation everywhere inside this block."""
-    global _FAST
-    saved, _FAST = _FAST, False
+    """Run the straightforward formulation everywhere inside this block. The
+    switch is a context variable: other threads keep their own setting, and a
+    ``contextvars.copy_context()`` taken inside the block sees it."""
+    token = _FAST.set(False)
     try:
         yield
     finally:
-        _FAST = saved
+        _FAST.reset(token)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; without autograd on CPU float32 (and outside
     ``plain_paths()``) through oneDNN's matmul, the same products summed in
     another order."""
-    if (_ONEDNN is not None and _FAST and not torch.is_grad_enabled() and x.device.type == "cpu"
+    if (_ONEDNN is not None and _FAST.get() and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel()):
         return _ONEDNN(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)

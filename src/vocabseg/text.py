@@ -181,21 +181,28 @@ class TextEncoder:
     def _encode(self, names: Sequence[str]) -> torch.Tensor:
         from . import speed, text_prefix
         prompts = [t.format(n) for n in names for t in self.templates]
-        device = _device_of(self.clip_model)
         bar = tqdm(total=len(prompts), desc="encoding prompts", unit="prompt",
                    disable=len(prompts) < 2000, leave=False)
-        if speed.fast() and text_prefix.supports(self.clip_model):    # shared prefixes computed once
-            tokens = self.tokenizer(prompts).to(device)
-            f = text_prefix.encode_shared(self.clip_model, tokens, self.batch_size, progress=bar.update).float().cpu()
-        else:
-            feats = []
-            for i in range(0, len(prompts), self.batch_size):
-                tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(device)
-                feats.append(encode_text_tokens(self.clip_model, tokens).float().cpu())
-                bar.update(tokens.shape[0])
-            f = torch.cat(feats)
+        fast = speed.fast() and text_prefix.supports(self.clip_model)
+        f = (self.fast_prompt_features if fast else self.plain_prompt_features)(prompts, bar.update)
         bar.close()
         return average_templates(f.view(len(names), len(self.templates), -1), self.average)
+
+    def plain_prompt_features(self, prompts: Sequence[str], progress) -> torch.Tensor:
+        """[P, D] float CPU text features of the P prompts, ``batch_size`` at a time (``progress(n)`` after each)."""
+        device = _device_of(self.clip_model)
+        feats = []
+        for i in range(0, len(prompts), self.batch_size):
+            tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(device)
+            feats.append(encode_text_tokens(self.clip_model, tokens).float().cpu())
+            progress(tokens.shape[0])
+        return torch.cat(feats)
+
+    def fast_prompt_features(self, prompts: Sequence[str], progress) -> torch.Tensor:
+        """``plain_prompt_features`` with token prefixes the prompts share computed once (``text_prefix``)."""
+        from . import text_prefix
+        tokens = self.tokenizer(prompts).to(_device_of(self.clip_model))
+        return text_prefix.encode_shared(self.clip_model, tokens, self.batch_size, progress=progress).float().cpu()
 
 
 def average_templates(features: torch.Tensor, average: str = "normalized") -> torch.Tensor:

@@ -61,15 +61,21 @@ class ClipConvNeXt(nn.Module):
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised images [B, 3, H, W] (H, W multiples of 32) -> res2..res5 and clip_dense."""
+        return (self.fast_features if speed.fast() else self.plain_features)(images)
+
+    def plain_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """res2..res5 [B, C_i, H/2^i, W/2^i] and clip_dense [B, C_5, H/32, W/32], ``images`` in their own layout."""
         out = {}
-        if speed.fast():        # channels-last: the stem's output is too, and timm's NHWC permutes become free
-            images = images.contiguous(memory_format=torch.channels_last)
         x = self.trunk.stem(images)
         for i, stage in enumerate(self.trunk.stages):
             x = stage(x)
             out[f"res{i + 2}"] = x.contiguous()
         out["clip_dense"] = self.trunk.norm_pre(x).contiguous()
         return out
+
+    def fast_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``plain_features`` run channels-last: the stem's output is too, and timm's NHWC permutes become free."""
+        return self.plain_features(images.contiguous(memory_format=torch.channels_last))
 
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
         """[B, Q, C] pooled dense features -> [B, Q, D] (head norm + projection, not normalised)."""

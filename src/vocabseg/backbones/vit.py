@@ -104,8 +104,21 @@ def sos_attn_mask(bias: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def sos_compact(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``sos_attn_mask`` attention computed without the blocked entries (fast path).
+def plain_sos(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SOS outputs [B, Q, C] of [SOS x Q, CLS, patches] run through ``blocks`` with ``sos_attn_mask(bias)``.
+
+    ``x`` [B, 1+L, C] CLS + patch tokens entering ``blocks``, ``bias`` [B, heads, Q, L];
+    the Q SOS tokens enter as copies of CLS."""
+    mask = sos_attn_mask(bias).to(x.dtype)
+    q = bias.shape[2]
+    y = torch.cat([x[:, :1].expand(-1, q, -1), x], dim=1)
+    for block in blocks:
+        y = block_forward(block, y, mask)
+    return y[:, :q]
+
+
+def fast_sos(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``plain_sos`` computed without the blocked entries of ``sos_attn_mask``.
 
     ``x`` [B, 1+L, C] CLS + patch tokens entering ``blocks``, ``bias`` [B, heads, Q, L]
     -> SOS outputs [B, Q, C] after the last block. Equal to running [SOS x Q, CLS,
@@ -120,6 +133,7 @@ def sos_compact(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     * the Q SOS tokens enter as copies of CLS: their first ``ln_1`` and q/k/v are
       computed once.
     """
+    bias = bias.to(x.dtype)
     b, heads, q, n = bias.shape
     c = x.shape[-1]
     d = c // heads
@@ -230,16 +244,9 @@ class ClipViT(nn.Module):
         through blocks ``start..`` with ``sos_attn_mask(bias)`` next to CLS and
         the patches, and are returned after the last block.
         """
-        q = bias.shape[2]
         if bias.shape[1] != self.heads or bias.shape[3] != x.shape[1] - 1:
             raise ValueError(f"bias must be [B, {self.heads}, Q, {x.shape[1] - 1}], got {tuple(bias.shape)}")
-        if speed.fast():
-            return sos_compact(self.blocks[start:], x, bias.to(x.dtype))
-        mask = sos_attn_mask(bias).to(x.dtype)
-        y = torch.cat([x[:, :1].expand(-1, q, -1), x], dim=1)
-        for block in self.blocks[start:]:
-            y = block_forward(block, y, mask)
-        return y[:, :q]
+        return (fast_sos if speed.fast() else plain_sos)(self.blocks[start:], x, bias)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """``ln_post`` then ``proj``: [..., C] -> [..., D]."""

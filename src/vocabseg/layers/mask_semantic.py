@@ -44,12 +44,22 @@ def mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[i
     crop) and resized to ``size`` (default: ``crop``) before the sigmoid."""
     crop = tuple(crop or padded)
     size = tuple(size or crop)
-    if not speed.fast():
-        masks = F.interpolate(mask_logits, size=tuple(padded), mode="bilinear", align_corners=False)
-        masks = masks[..., : crop[0], : crop[1]]
-        if size != crop:
-            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        return torch.einsum("bqc,bqhw->bchw", prob, masks.sigmoid())
+    return (fast_mask_semantic if speed.fast() else plain_mask_semantic)(prob, mask_logits, padded, crop, size)
+
+
+def plain_mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
+                        crop: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """[B, C, H, W] scores from the Q masks all upsampled at once ([B, Q, H, W] held)."""
+    masks = F.interpolate(mask_logits, size=tuple(padded), mode="bilinear", align_corners=False)
+    masks = masks[..., : crop[0], : crop[1]]
+    if size != crop:
+        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    return torch.einsum("bqc,bqhw->bchw", prob, masks.sigmoid())
+
+
+def fast_mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
+                       crop: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """``plain_mask_semantic`` a band of output rows at a time, written class-last (a [B, C, H, W] view)."""
     b, q, h, w = mask_logits.shape
     c = prob.shape[-1]
     rows_h = resample_matrix(h, int(padded[0]), crop[0], size[0]).to(mask_logits)      # [H, h]

@@ -85,34 +85,48 @@ class MaskDecoder(nn.Module):
         return attn.unsqueeze(1).expand(-1, self.heads, -1, -1).flatten(0, 1).detach()
 
     def forward(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, all_sets: bool = True):
-        """-> [(embedding, mask logits)] of every prediction set (the initial queries and
-        each layer). ``all_sets`` False (inference): only the last set, and the
-        intermediate heads build just their attention masks (``attn_head``)."""
+        """-> [(embedding [B, Q, D], mask logits [B, Q, H, W])] of every prediction set (the
+        initial queries and each layer), or with ``all_sets`` False (inference) of the last only."""
         if len(multi_scale) != self.num_levels:
             raise ValueError(f"the decoder takes {self.num_levels} feature maps, got {len(multi_scale)}")
-        srcs, pos, query_pos, x = self._inputs(multi_scale)
-        last_only = not all_sets and speed.fast()
-        outputs = []
-        if last_only:
-            small = [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False)
-                     for m in multi_scale]
+        if all_sets:
+            return self.every_set(multi_scale, mask_features)
+        return (self.fast_last_set if speed.fast() else self.plain_last_set)(multi_scale, mask_features)
 
-        def attention(x, lvl):
-            """The attention mask at level ``lvl`` for the next layer (recording the set)."""
-            if last_only:
-                return self.attn_head(x, small[lvl])
+    def every_set(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor):
+        """[(embedding, mask logits)] of every prediction set; each head's masks, resized, mask the next layer."""
+        outputs = []
+
+        def head(x, lvl):
             emb, masks = self.predict(x, mask_features)
             outputs.append((emb, masks))
             size = tuple(multi_scale[lvl].shape[-2:])
             return self._attn_mask(F.interpolate(masks, size=size, mode="bilinear", align_corners=False))
 
-        attn = attention(x, 0)
+        x = self._layers(multi_scale, head)
+        return outputs + [self.predict(x, mask_features)]
+
+    def plain_last_set(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor):
+        """[(embedding, mask logits)] of the last prediction set: the last entry of ``every_set``."""
+        return self.every_set(multi_scale, mask_features)[-1:]
+
+    def fast_last_set(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor):
+        """``plain_last_set`` with the intermediate heads building just their attention masks (``attn_head``)."""
+        small = [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False)
+                 for m in multi_scale]
+        x = self._layers(multi_scale, lambda x, lvl: self.attn_head(x, small[lvl]))
+        return [self.predict(x, mask_features)]
+
+    def _layers(self, multi_scale: list[torch.Tensor], head) -> torch.Tensor:
+        """Queries [B, Q, C] after every layer; before each one ``head(queries, level)`` gives
+        its attention mask [B * heads, Q, h*w] (True = blocked) at that level."""
+        srcs, pos, query_pos, x = self._inputs(multi_scale)
         for i, layer in enumerate(self.layers):
+            lvl = i % self.num_levels
+            attn = head(x, lvl)
             attn = attn & ~attn.all(-1, keepdim=True)         # empty mask: attend everywhere
-            x = layer(x, srcs[i % self.num_levels], pos[i % self.num_levels], query_pos, attn)
-            if not (last_only and i == len(self.layers) - 1):
-                attn = attention(x, (i + 1) % self.num_levels)
-        return [self.predict(x, mask_features)] if last_only else outputs
+            x = layer(x, srcs[lvl], pos[lvl], query_pos, attn)
+        return x
 
     def _inputs(self, multi_scale: list[torch.Tensor]):
         """(memory per level [B, h*w, C] + level embedding, sine positions, query positions, query features)."""

@@ -97,21 +97,27 @@ class MaskDecoder(nn.Module):
         """``query`` [B, Q, C], ``x`` [B, C, h, w] -> mask logits [B, Q, h, w],
         attention bias [B, heads, Q, h, w]."""
         q = self.query_mlp(query)
-        pix = self.pix_mlp(x)
-        b, c, h, w = pix.shape
-        masks = torch.einsum("bqc,bchw->bqhw", q, pix)
-        if speed.fast():   # q . (W z + w0) = (q W) . z + q . w0: the last 1x1 conv folded into the queries
-            last = self.attn_mlp.layers[-1]
-            z = self.attn_mlp.hidden(x).flatten(2)                                      # [B, K, h*w]
-            weight = last.weight.view(self.bias_heads, c, -1)                           # [n, C, K]
-            qw = torch.einsum("bqc,nck->bnqk", q, weight)
-            offset = torch.einsum("bqc,nc->bnq", q, last.bias.view(self.bias_heads, c))
-            bias = (qw @ z.unsqueeze(1) + offset[..., None]).view(b, self.bias_heads, -1, h, w)
-            scale = self.bias_scaling                                 # Linear(1, 1) as one multiply-add
-            return masks, torch.addcmul(scale.bias, bias, scale.weight[0, 0])
-        attn = self.attn_mlp(x).reshape(b, self.bias_heads, c, h, w)
-        bias = torch.einsum("bqc,bnchw->bnqhw", q, attn)
-        return masks, self.bias_scaling(bias[..., None]).squeeze(-1)
+        masks = torch.einsum("bqc,bchw->bqhw", q, self.pix_mlp(x))
+        return masks, (self.fast_bias if speed.fast() else self.plain_bias)(q, x)
+
+    def plain_bias(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Scaled attention bias [B, heads, Q, h, w] of ``q`` [B, Q, E] (``query_mlp`` out), ``x`` [B, C, h, w]."""
+        attn = self.attn_mlp(x)
+        b, _, h, w = attn.shape
+        bias = torch.einsum("bqc,bnchw->bnqhw", q, attn.reshape(b, self.bias_heads, -1, h, w))
+        return self.bias_scaling(bias[..., None]).squeeze(-1)
+
+    def fast_bias(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``plain_bias`` with the last 1x1 conv folded into the queries: q . (W z + w0) = (q W) . z + q . w0."""
+        last = self.attn_mlp.layers[-1]
+        z = self.attn_mlp.hidden(x)                                                 # [B, K, h, w]
+        b, _, h, w = z.shape
+        weight = last.weight.view(self.bias_heads, -1, z.shape[1])                  # [n, E, K]
+        qw = torch.einsum("bqc,nck->bnqk", q, weight)
+        offset = torch.einsum("bqc,nc->bnq", q, last.bias.view(self.bias_heads, -1))
+        bias = (qw @ z.flatten(2).unsqueeze(1) + offset[..., None]).view(b, self.bias_heads, -1, h, w)
+        scale = self.bias_scaling                                     # Linear(1, 1) as one multiply-add
+        return torch.addcmul(scale.bias, bias, scale.weight[0, 0])
 
 
 class SideAdapter(nn.Module):
