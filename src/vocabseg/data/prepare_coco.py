@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import idmaps
-from .prepare import (
+from .prepare_common import (
     Progress, atomic_write, link_dir, link_file, lookup, pending, read_array, require, save_array, track)
 
 STUFF_LUT = lookup({c - 1: i for i, c in enumerate(idmaps.COCO_STUFF_IDS)}, 256, 255, np.uint8)
