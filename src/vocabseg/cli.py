@@ -1,16 +1,16 @@
 """`vocabseg` command line: one module per subcommand in ``vocabseg.commands``.
 
 Each command module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
-A user mistake raises ``UserError`` (or VocabularyError / WeightsNotFound /
-FileNotFoundError): it is printed as one line and the exit code is 2.
+A user mistake raises a ``UserError`` (``vocabseg.errors``) or FileNotFoundError:
+it is printed as one line and the exit code is 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .errors import UserError
 from .optional import optional_import
-from .errors import UserError  # noqa: F401  (commands raise it as vocabseg.cli.UserError)
 
 COMMANDS = ["segment", "models", "eval", "prepare", "train", "demo", "bench"]
 
@@ -28,8 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .backbones.clip import WeightsNotFound
-    from .vocab import VocabularyError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -37,7 +35,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (UserError, VocabularyError, WeightsNotFound, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"vocabseg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ def _name(model, given: str) -> str:
 
 
 def run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..data import get_dataset
     from ..engine import distributed as D
     from ..engine.training.checkpoint import atomic_write_text
