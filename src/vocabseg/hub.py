@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .backbones.clip import WeightsNotFound
+from .files import atomic_write
 from .optional import optional_import
 from .text import vocabseg_home
 
@@ -100,9 +101,7 @@ def fetch_weights(spec: ModelSpec) -> Path:
                                         local_files_only=offline))
             os.link(path, target) if not target.exists() else None
         else:
-            tmp = target.with_suffix(target.suffix + ".part")
-            _download(src.url, tmp)
-            os.replace(tmp, target)
+            atomic_write(target, lambda f: _download(src.url, f, src.filename))
     except Exception as e:  # no network, 404, ...: one clear message
         raise WeightsNotFound(f"model {spec.name} needs {src.filename}, which could not be downloaded "
                               f"({type(e).__name__}). {how}") from None
@@ -113,11 +112,11 @@ def fetch_weights(spec: ModelSpec) -> Path:
     return target
 
 
-def _download(url: str, dest: Path) -> None:
+def _download(url: str, f, name: str) -> None:
     from tqdm.auto import tqdm
-    with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+    with urllib.request.urlopen(url, timeout=60) as r:
         total = int(r.headers.get("Content-Length") or 0)
-        with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
+        with tqdm(total=total or None, unit="B", unit_scale=True, desc=name) as bar:
             for block in iter(lambda: r.read(1 << 20), b""):
                 f.write(block)
                 bar.update(len(block))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import speed, text_prefix
+from .files import atomic_write
 from .text_prefix import embed_tokens, project_text, standard_text_tower
 from .vocab import Vocabulary
 
@@ -149,10 +150,7 @@ class TextEncoder:
         if emb is None:
             emb = self._encode(names)
             if self.cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save(emb, tmp)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f: torch.save(emb, f))
         self._memory[key] = emb
         while len(self._memory) > self.memory_size:
             self._memory.popitem(last=False)

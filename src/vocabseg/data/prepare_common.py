@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import atomic_write
+
 
 class Progress:
     """Counts written / skipped outputs."""
@@ -29,24 +31,13 @@ def require(src: Path, *rel: str, what: str) -> None:
         raise FileNotFoundError(f"{what}: missing {', '.join(str(m) for m in missing)} under SRC {src}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename to ``path`` (the temporary name keeps the extension)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_array(path: Path, arr: np.ndarray, prog: Progress, **kw) -> None:
     """Write a label / image array (uint8 PNG, uint16 TIFF, JPEG by extension) unless present."""
     if path.exists():
         prog.skipped += 1
         return
-    atomic_write(path, lambda p: Image.fromarray(arr).save(p, **kw))
+    fmt = Image.registered_extensions()[path.suffix.lower()]   # the temporary name has no image extension
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format=fmt, **kw))
     prog.written += 1
 
 
@@ -69,7 +60,8 @@ def link_file(src: Path, dst: Path, prog: Progress) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        atomic_write(dst, lambda p: shutil.copyfile(src, p))
+        with open(src, "rb") as s:
+            atomic_write(dst, lambda f: shutil.copyfileobj(s, f))
     prog.written += 1
 
 
