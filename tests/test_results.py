@@ -48,7 +48,7 @@ def test_save_writes_label_png_overlay_and_json_that_read_back(tmp_path):
     ov = Image.open(paths["overlay"])
     assert ov.size[0] > 30 and ov.size[1] >= 20          # image plus legend panel
     assert json.loads(paths["summary"].read_text()) == json.loads(json.dumps(r.summary()))
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))           # no temporary file left (old or new naming)
 
 
 def test_more_than_256_classes_are_saved_16_bit(tmp_path):

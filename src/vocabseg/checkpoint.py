@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write
+
 FORMAT = "vocabseg"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -32,13 +34,10 @@ def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -
     config = dict(model.config)
     if "preset" not in config:
         raise ValueError("model.config has no 'preset': build models through vocabseg.registry presets")
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_model(model, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, folder / WEIGHTS)
+    # safetensors writes by file name: into the temporary file, which atomic_write then renames
+    atomic_write(folder / WEIGHTS, lambda f: save_model(model, f.name, metadata={"format": FORMAT}))
     meta = {"format": FORMAT, "version": 1, "config": config, **(extra or {})}
-    tmp = folder / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, default=str))
-    os.replace(tmp, folder / CONFIG)
+    atomic_write(folder / CONFIG, json.dumps(meta, indent=1, default=str))
     return folder
 
 

@@ -1,8 +1,8 @@
 """`vocabseg` command line: one module per subcommand in ``vocabseg.commands``.
 
 Each command module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
-A user mistake raises ``UserError`` (or VocabularyError / WeightsNotFound /
-FileNotFoundError): it is printed as one line and the exit code is 2.
+A user mistake raises a ``UserError`` (``vocabseg.errors``) or FileNotFoundError:
+it is printed as one line and the exit code is 2.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .commands import bench, demo, eval, models, prepare, segment, train
-from .errors import UserError  # noqa: F401  (commands raise it as vocabseg.cli.UserError)
+from .errors import UserError
 
 COMMANDS = [segment, models, eval, prepare, train, demo, bench]
 
@@ -25,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .backbones.clip import WeightsNotFound
-    from .vocab import VocabularyError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -34,7 +32,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (UserError, VocabularyError, WeightsNotFound, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"vocabseg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

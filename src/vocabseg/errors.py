@@ -1,5 +1,5 @@
-"""Errors that describe a user's mistake. The command line prints them as one
-line (no traceback) and exits with status 2."""
+"""Errors that describe a user's mistake, all subclasses of ``UserError``. The command
+line prints them as one line (no traceback) and exits with status 2."""
 from __future__ import annotations
 
 
@@ -16,3 +16,15 @@ class UnknownModel(UserError, KeyError):
 
 class ImageError(UserError, ValueError):
     """An image that cannot be read (missing, corrupt or of an unknown kind)."""
+
+
+class VocabularyError(UserError, ValueError):
+    """A vocabulary the user gave cannot be used; the message says why."""
+
+
+class WeightsNotFound(UserError, FileNotFoundError):
+    """A weight file is missing and cannot be fetched; the message says how to supply it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A training config that does not follow the schema."""

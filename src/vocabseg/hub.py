@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .backbones.clip import WeightsNotFound
+from .files import atomic_write
 from .text import vocabseg_home
 
 
@@ -50,9 +51,7 @@ def fetch_weights(spec) -> Path:
                                         local_files_only=offline))
             os.link(path, target) if not target.exists() else None
         else:
-            tmp = target.with_suffix(target.suffix + ".part")
-            _download(src.url, tmp)
-            os.replace(tmp, target)
+            atomic_write(target, lambda f: _download(src.url, f, src.filename))
     except Exception as e:  # no network, 404, ...: one clear message
         raise WeightsNotFound(f"model {spec.name} needs {src.filename}, which could not be downloaded "
                               f"({type(e).__name__}). {how}") from None
@@ -63,11 +62,11 @@ def fetch_weights(spec) -> Path:
     return target
 
 
-def _download(url: str, dest: Path) -> None:
+def _download(url: str, f, name: str) -> None:
     from tqdm.auto import tqdm
-    with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+    with urllib.request.urlopen(url, timeout=60) as r:
         total = int(r.headers.get("Content-Length") or 0)
-        with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
+        with tqdm(total=total or None, unit="B", unit_scale=True, desc=name) as bar:
             for block in iter(lambda: r.read(1 << 20), b""):
                 f.write(block)
                 bar.update(len(block))

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from . import render
+from .files import atomic_write
 from .vocab import Vocabulary
 
 
@@ -39,18 +40,12 @@ def labels_and_confidence(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return labels, 1.0 / torch.exp(scores - best).sum(0)        # the winner's softmax probability
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _save_png(im: Image.Image, path: Path) -> None:
-    _write_atomic(path, lambda p: im.save(p, format="PNG"))
+    atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
 def _save_json(obj, path: Path) -> None:
-    _write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1)))
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def _image_hw3(image: torch.Tensor | None, h: int, w: int) -> np.ndarray:
@@ -127,7 +122,7 @@ class SemanticResult:
         _save_json(self.summary(), paths["summary"])
         if self.scores is not None:
             paths["scores"] = out / f"{stem}_scores.npy"
-            _write_atomic(paths["scores"], lambda p: np.save(open(p, "wb"), self.scores.cpu().numpy()))
+            atomic_write(paths["scores"], lambda f: np.save(f, self.scores.cpu().numpy()))
         return paths
 
 

@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import speed, text_prefix
+from .files import atomic_write
+from .text_prefix import embed_tokens, project_text, standard_text_tower
 from .vocab import Vocabulary
 
 SINGLE = ["a photo of a {}."]
@@ -78,7 +81,7 @@ def encode_text_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
     Runs only up to the longest prompt's end-of-text token: CLIP's causal mask
     keeps later (padding) tokens from reaching it, so this equals the full pass.
     """
-    if not _standard_text_tower(clip_model):
+    if not standard_text_tower(clip_model):
         return clip_model.encode_text(tokens)
     length = int((tokens != 0).sum(1).max().item())
     length = max(1, min(length, tokens.shape[1]))
@@ -88,27 +91,6 @@ def encode_text_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
     x = clip_model.transformer(x, attn_mask=mask)
     x = clip_model.ln_final(x)
     return project_text(clip_model, x[torch.arange(x.shape[0], device=x.device), t.argmax(dim=-1)])
-
-
-def embed_tokens(clip_model, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Token ids [B, L] at positions [B, L] (or [L]) -> input embeddings [B, L, C]."""
-    cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else None
-    x = clip_model.token_embedding(tokens)
-    x = x.to(cast) if cast is not None else x
-    return x + clip_model.positional_embedding[positions].to(x.dtype)
-
-
-def project_text(clip_model, x: torch.Tensor) -> torch.Tensor:
-    """Pooled text tokens [N, C] (after ``ln_final``) -> the joint space [N, D]."""
-    proj = clip_model.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
-
-def _standard_text_tower(m) -> bool:
-    return (hasattr(m, "token_embedding") and hasattr(m, "transformer") and hasattr(m, "ln_final")
-            and getattr(m, "text_pool_type", "argmax") == "argmax" and getattr(m, "attn_mask", None) is not None)
 
 
 class TextEncoder:
@@ -168,10 +150,7 @@ class TextEncoder:
         if emb is None:
             emb = self._encode(names)
             if self.cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save(emb, tmp)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f: torch.save(emb, f))
         self._memory[key] = emb
         while len(self._memory) > self.memory_size:
             self._memory.popitem(last=False)
@@ -179,7 +158,6 @@ class TextEncoder:
 
     @torch.no_grad()
     def _encode(self, names: Sequence[str]) -> torch.Tensor:
-        from . import speed, text_prefix
         prompts = [t.format(n) for n in names for t in self.templates]
         bar = tqdm(total=len(prompts), desc="encoding prompts", unit="prompt",
                    disable=len(prompts) < 2000, leave=False)

@@ -20,13 +20,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .backbones.vit import _plain_block, block_qkv, merge_heads
+
+
+def embed_tokens(clip_model, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Token ids [B, L] at positions [B, L] (or [L]) -> input embeddings [B, L, C]."""
+    cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else None
+    x = clip_model.token_embedding(tokens)
+    x = x.to(cast) if cast is not None else x
+    return x + clip_model.positional_embedding[positions].to(x.dtype)
+
+
+def project_text(clip_model, x: torch.Tensor) -> torch.Tensor:
+    """Pooled text tokens [N, C] (after ``ln_final``) -> the joint space [N, D]."""
+    proj = clip_model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def standard_text_tower(m) -> bool:
+    return (hasattr(m, "token_embedding") and hasattr(m, "transformer") and hasattr(m, "ln_final")
+            and getattr(m, "text_pool_type", "argmax") == "argmax" and getattr(m, "attn_mask", None) is not None)
 
 
 def supports(clip_model) -> bool:
     """An open_clip text tower this path handles: causal, argmax pooling, plain blocks."""
-    from .backbones.vit import _plain_block
-    from .text import _standard_text_tower
-    return _standard_text_tower(clip_model) and all(_plain_block(b) for b in clip_model.transformer.resblocks)
+    return standard_text_tower(clip_model) and all(_plain_block(b) for b in clip_model.transformer.resblocks)
 
 
 def assign_prefixes(seqs: list[tuple[int, ...]]) -> list[int]:
@@ -68,7 +88,6 @@ def _attend(block, x: torch.Tensor, past: tuple | None, mask: torch.Tensor | Non
     ([B, h, P, d] each) with ``mask`` bool [B, 1, L, P + L] (True = attend), or plain
     causal over ``x`` when ``past`` is None. ``last_only``: run only the last query row
     (-> [B, 1, C]). Returns (output, (k, v) of the new tokens)."""
-    from .backbones.vit import block_qkv, merge_heads
     q, k, v = block_qkv(block, x)
     keys, values = k, v
     if past is not None:
@@ -92,7 +111,6 @@ def encode_shared(clip_model, tokens: torch.Tensor, batch: int = 256, progress=N
     it); the remaining tokens of the prompts run in chunks of ``batch`` prompts
     with equal remaining length (no padding), each attending to its own prefix's
     cached keys and values."""
-    from .text import embed_tokens, project_text
     device = tokens.device
     uniq, inverse = torch.unique(tokens, dim=0, return_inverse=True)
     copies = torch.bincount(inverse, minlength=uniq.shape[0]).tolist()

@@ -19,11 +19,9 @@ from typing import Sequence
 
 import torch
 
+from .errors import VocabularyError
+
 MAX_NAME_CHARS = 200
-
-
-class VocabularyError(ValueError):
-    """A vocabulary the user gave cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,14 @@ from pathlib import Path
 import open_clip
 import torch
 
+from ..errors import WeightsNotFound
+
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
 
 # OpenAI CLIP mean / std, used by every CLIP here.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class WeightsNotFound(FileNotFoundError):
-    """A weight file is missing and cannot be fetched; the message says how to supply it."""
 
 
 @contextlib.contextmanager

@@ -51,11 +51,11 @@ def _name(model, given: str) -> str:
 
 
 def run(args) -> int:
-    from ..cli import UserError
     from ..data import get_dataset
     from ..engine import distributed as D
-    from ..engine.training.checkpoint import atomic_write_text
     from ..engine.evaluation.evaluate import evaluate, summary_lines
+    from ..errors import UserError
+    from ..files import atomic_write
     from ..text import TEMPLATE_SETS
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
@@ -84,10 +84,8 @@ def run(args) -> int:
             if dist.is_main:
                 print("\n".join(summary_lines(result)), flush=True)
                 if args.out:
-                    out = Path(args.out)
-                    out.mkdir(parents=True, exist_ok=True)
-                    path = out / f"eval_{name}_{ds.name}.json"
-                    atomic_write_text(path, json.dumps(result, indent=1))
+                    path = Path(args.out) / f"eval_{name}_{ds.name}.json"
+                    atomic_write(path, json.dumps(result, indent=1))
                     print(f"  wrote {path}", flush=True)
     finally:
         D.cleanup()

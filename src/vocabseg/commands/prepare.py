@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..data.benchmarks import datasets_root
     from ..data.prepare import prepare
-    from ..cli import UserError
+    from ..errors import UserError
     options = {}
     if args.from_stuffthingmaps:
         if args.kind != "coco-object":

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     import signal
-    from ..cli import UserError
+    from ..errors import UserError
     from ..engine import distributed as D
     from ..engine.training.config import load_config
     from ..engine.training.train import train

@@ -2,7 +2,7 @@
 detectron2 layout SAN / FC-CLIP / CAT-Seg users already have) and what its labels mean.
 
 The datasets root is ``$VOCABSEG_DATASETS``, else ``$DETECTRON2_DATASETS``, else
-``./datasets``. ``get_dataset(name, split)`` returns a reader (see ``readers.py``).
+``./datasets``. ``readers.get_dataset(name, split)`` returns a reader.
 
 Background handling: voc21 / pc60 / coco-object have a ``background`` class
 (index 0) that the training-free methods predict by thresholding; voc20 / pc59
@@ -146,14 +146,3 @@ def missing_message(bench: Benchmark, split: str, root: Path, missing: list[Path
         msg += f"Build it with {bench.download}"
     return msg + " (datasets root: --root, $VOCABSEG_DATASETS, $DETECTRON2_DATASETS or ./datasets)."
 
-
-def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = None):
-    """The reader of benchmark ``name`` (a key of ``BENCHMARKS``) for ``split``
-    ("val" or "train"). Raises FileNotFoundError naming the expected paths and the
-    prepare command when the files are not there."""
-    from .readers import PanopticDataset, SemanticDataset
-    bench = get_benchmark(name)
-    if split not in bench.splits:
-        raise KeyError(f"dataset {name!r} has splits {', '.join(bench.splits)}, not {split!r}")
-    cls = PanopticDataset if bench.task == PANOPTIC else SemanticDataset
-    return cls(bench, split, datasets_root(root))

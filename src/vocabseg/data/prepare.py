@@ -19,113 +19,23 @@ and facebookresearch/MaskFormer ``datasets/prepare_*.py``):
   16-bit TIFF); images with a short side above 512 are resized to 512 (bilinear image,
   nearest label) and every image is re-encoded as JPEG, as the reference does.
 - cityscapes: ``*_labelIds.png`` -> ``*_labelTrainIds.png`` (19 classes, others 255).
-COCO converters are in ``prepare_coco.py``.
+COCO converters are in ``prepare_coco.py``, the helpers both use in ``prepare_common.py``.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from tqdm import tqdm
 
 from . import idmaps
 from .benchmarks import datasets_root
-
-
-class Progress:
-    """Counts written / skipped outputs."""
-
-    def __init__(self):
-        self.written = 0
-        self.skipped = 0
-
-    def result(self) -> dict:
-        return {"written": self.written, "skipped": self.skipped}
-
-
-def require(src: Path, *rel: str, what: str) -> None:
-    missing = [src / r for r in rel if not (src / r).exists()]
-    if missing:
-        raise FileNotFoundError(f"{what}: missing {', '.join(str(m) for m in missing)} under SRC {src}")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename to ``path`` (the temporary name keeps the extension)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_array(path: Path, arr: np.ndarray, prog: Progress, **kw) -> None:
-    """Write a label / image array (uint8 PNG, uint16 TIFF, JPEG by extension) unless present."""
-    if path.exists():
-        prog.skipped += 1
-        return
-    atomic_write(path, lambda p: Image.fromarray(arr).save(p, **kw))
-    prog.written += 1
-
-
-def link_dir(src: Path, dst: Path) -> None:
-    """Make ``dst`` show the folder ``src`` (a symlink), unless ``dst`` already exists."""
-    if dst.exists() or dst.is_symlink():
-        if not dst.is_dir():
-            raise FileExistsError(f"{dst} exists and is not a folder")
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(src.resolve(), dst, target_is_directory=True)
-
-
-def link_file(src: Path, dst: Path, prog: Progress) -> None:
-    """Hard-link ``src`` to ``dst`` (copy when linking is impossible), unless present."""
-    if dst.exists():
-        prog.skipped += 1
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        atomic_write(dst, lambda p: shutil.copyfile(src, p))
-    prog.written += 1
-
-
-def track(items: Iterable, desc: str, total: int | None = None):
-    return tqdm(items, desc=desc, total=total, unit="img", dynamic_ncols=True)
-
-
-def pending(items: Iterable, desc: str, dst_of: Callable, prog: Progress):
-    """(item, output path) for each item whose output does not exist yet, with a
-    progress bar; existing outputs are counted as skipped (an interrupted run resumes)."""
-    for item in track(items, desc):
-        dst = dst_of(item)
-        if dst.exists():
-            prog.skipped += 1
-            continue
-        yield item, dst
-
-
-def read_array(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.array(im)
-
-
-def lookup(table: dict[int, int], size: int, default: int, dtype) -> np.ndarray:
-    """A lookup array of ``size`` entries: ``table`` values, ``default`` elsewhere."""
-    lut = np.full(size, default, dtype=dtype)
-    for k, v in table.items():
-        lut[k] = v
-    return lut
+from .prepare_coco import prepare_coco_object, prepare_coco_panoptic, prepare_coco_stuff
+from .prepare_common import Progress, link_dir, link_file, lookup, pending, read_array, require, save_array, track
 
 
 # --- PASCAL VOC ------------------------------------------------------------------------------------
@@ -312,7 +222,6 @@ def prepare_cityscapes(src: Path, root: Path) -> dict:
 
 
 def converters() -> dict[str, Callable[[Path, Path], dict]]:
-    from .prepare_coco import prepare_coco_object, prepare_coco_panoptic, prepare_coco_stuff
     return {"voc": prepare_voc, "pcontext": prepare_pcontext, "pcontext-full": prepare_pcontext_full,
             "ade20k": prepare_ade20k, "ade20k-full": prepare_ade20k_full, "coco-stuff": prepare_coco_stuff,
             "coco-object": prepare_coco_object, "cityscapes": prepare_cityscapes,

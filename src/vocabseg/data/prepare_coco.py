@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
 from . import idmaps
-from .prepare import (
-    Progress, atomic_write, link_dir, link_file, lookup, pending, read_array, require, save_array, track)
+from .prepare_common import (
+    Progress, link_dir, link_file, lookup, pending, read_array, require, save_array, track)
 
 STUFF_LUT = lookup({c - 1: i for i, c in enumerate(idmaps.COCO_STUFF_IDS)}, 256, 255, np.uint8)
 OBJECT_MAP = {c: i + 1 for i, c in enumerate(idmaps.COCO_PANOPTIC_THING_IDS)}
@@ -116,6 +117,6 @@ def prepare_coco_panoptic(src: Path, root: Path) -> dict:
         with zipfile.ZipFile(zpath) as z:
             members = [m for m in z.namelist() if m.endswith(".png")]
             for m, dst in pending(members, f"coco-panoptic {split}", lambda m: out / name / Path(m).name, prog):
-                atomic_write(dst, lambda p: p.write_bytes(z.read(m)))
+                atomic_write(dst, z.read(m))
                 prog.written += 1
     return prog.result()

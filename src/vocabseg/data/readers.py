@@ -1,4 +1,5 @@
-"""Dataset readers for the benchmark layouts of ``benchmarks.py``.
+"""Dataset readers for the benchmark layouts of ``benchmarks.py``; ``get_dataset(name, split)``
+returns the reader of a benchmark.
 
 An item is a dict:
 - ``image``: uint8 Tensor[3, H, W], RGB (EXIF orientation applied, as detectron2 / OpenCV do)
@@ -12,6 +13,7 @@ An item is a dict:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..vocab import Vocabulary
-from .benchmarks import Benchmark, missing_message
+from .benchmarks import PANOPTIC, Benchmark, datasets_root, get_benchmark, missing_message
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -173,3 +175,14 @@ class PanopticDataset(_Base):
         return {"image": image, "sem_seg": torch.from_numpy(sem), "pan_seg": torch.from_numpy(pan),
                 "segments_info": segments, "file_name": str(img_path), "image_id": ann["image_id"],
                 "pan_seg_file_name": str(pan_path)}
+
+
+def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = None):
+    """The reader of benchmark ``name`` (a key of ``BENCHMARKS``) for ``split``
+    ("val" or "train"). Raises FileNotFoundError naming the expected paths and the
+    prepare command when the files are not there."""
+    bench = get_benchmark(name)
+    if split not in bench.splits:
+        raise KeyError(f"dataset {name!r} has splits {', '.join(bench.splits)}, not {split!r}")
+    cls = PanopticDataset if bench.task == PANOPTIC else SemanticDataset
+    return cls(bench, split, datasets_root(root))

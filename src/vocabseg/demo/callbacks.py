@@ -29,14 +29,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import render
-from ..backbones.clip import WeightsNotFound
 from ..errors import ImageError, UserError
 from ..images import pil_to_rgb
 from ..results import PanopticResult, SemanticResult
 from ..text import TEMPLATE_SETS
 from ..vocab import Vocabulary, VocabularyError
 
-USER_ERRORS = (UserError, VocabularyError, WeightsNotFound, FileNotFoundError)
+USER_ERRORS = (UserError, FileNotFoundError)
 DEFAULT_TEMPLATES = "model default"
 TEMPLATE_CHOICES = (DEFAULT_TEMPLATES,) + TEMPLATE_SETS
 LEGEND_ALL_CLASSES = 30      # longer vocabularies list only the classes present

@@ -4,8 +4,8 @@ checkpoint to share or evaluate see ``vocabseg.checkpoint``).
 A checkpoint is one ``torch.save`` file ``checkpoints/iter_<N>.pt`` holding
 ``iteration`` (updates done), ``model``, ``optimizer``, ``scaler``,
 ``schedule``, ``rng`` (one entry per process: torch CPU / CUDA, numpy and
-python states), ``world_size`` and ``config``. Files are written to a
-temporary name and renamed (atomic on POSIX), then ``checkpoints/last``
+python states), ``world_size`` and ``config``. Files are written with
+``files.atomic_write`` (temporary name, fsync, rename), then ``checkpoints/last``
 (a one-line text file) is replaced the same way to point at the newest.
 """
 from __future__ import annotations
@@ -18,29 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from ...files import atomic_write
 
 
 def rng_state() -> dict:
@@ -94,8 +72,8 @@ def save_training_state(output_dir, state: dict, keep: int = 2) -> Path:
     """Write ``state`` as ``checkpoints/iter_<iteration>.pt``, point ``last`` at it and
     keep the newest ``keep`` files (0: keep all)."""
     folder = checkpoint_dir(output_dir)
-    path = atomic_save(state, folder / f"iter_{state['iteration']:08d}.pt")
-    atomic_write_text(folder / "last", path.name + "\n")
+    path = atomic_write(folder / f"iter_{state['iteration']:08d}.pt", lambda f: torch.save(state, f))
+    atomic_write(folder / "last", path.name + "\n")
     if keep > 0:
         for old in sorted(folder.glob("iter_*.pt"))[:-keep]:
             old.unlink()

@@ -26,12 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from ...errors import UserError
+from ...errors import ConfigError
 from ..precision import PRECISIONS
-
-
-class ConfigError(UserError, ValueError):
-    """A training config that does not follow the schema."""
 
 
 NUM = (int, float)

@@ -54,7 +54,9 @@ def build_model(mcfg: dict):
     try:
         return registry.build(mcfg["preset"], weights=mcfg.get("weights") or None,
                               clip_weights=mcfg.get("clip_weights"), pretrained=False, **options)
-    except UserError as e:
+    except UserError as e:       # an unknown preset or options that do not fit it: a config error
+        if isinstance(e, FileNotFoundError):
+            raise
         raise ValueError(str(e)) from None
 
 

@@ -1,0 +1,29 @@
+"""Writing a file atomically: readers see the old file or the whole new one, never a torn one."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` to ``path``: ``bytes``, ``str`` (UTF-8) or a callable that writes
+    to the binary file object it is given. The data goes to ``.{name}.tmp{pid}`` in the
+    same folder (created if missing), is flushed to disk and renamed over ``path``; on
+    failure the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
