@@ -90,10 +90,11 @@ def test_evaluate_matches_a_per_image_reference(root):
 
 def test_vocabulary_convention_per_family(root):
     ade, voc = get_dataset("ade150", root=root), get_dataset("voc21", root=root)
-    vocab, used = dataset_vocabulary(ade, "auto", "san")
+    san, tf = get_spec("san-tiny").convention, get_spec("maskclip-tiny").convention   # each method's spec
+    vocab, used = dataset_vocabulary(ade, "auto", san)
     assert used == "san" and vocab.names == ade.vocabulary_for("san").names
-    assert dataset_vocabulary(voc, "auto", "san")[1] == "default"         # voc21 has no SAN list
-    assert dataset_vocabulary(ade, "auto", "maskclip")[1] == "tf"
+    assert dataset_vocabulary(voc, "auto", san)[1] == "default"         # voc21 has no SAN list
+    assert dataset_vocabulary(ade, "auto", tf)[1] == "tf"
     with pytest.raises(ValueError, match="has no 'san' class names"):
         dataset_vocabulary(voc, "san")
     model = get_spec("san-tiny").build()

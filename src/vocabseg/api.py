@@ -19,8 +19,8 @@ import torch
 
 from . import registry, speed
 from .engine import inference
-from .engine.inference.batched import infer_batch
-from .engine.inference.tta import infer_tta
+from .engine.inference import batched
+from .engine.inference import tta as augmentation
 from .engine.precision import PRECISIONS, autocast
 from .errors import UserError
 from .images import load_image
@@ -157,7 +157,7 @@ class Segmenter:
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
         if tta:
-            scores = infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
+            scores = augmentation.infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
         else:
             scores = inference.scores(self.model, self.features, text, vocab).float().cpu()
         return SemanticResult(*labels_and_confidence(scores), vocab, self._image,
@@ -173,7 +173,7 @@ class Segmenter:
         imgs = [load_image(im) for im in images]
         text = self.text(vocab, templates)
         with self.autocast():
-            out = infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
+            out = batched.infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
                               max_crops=batch_size)
         results = []
         for im, scores in zip(imgs, out):
