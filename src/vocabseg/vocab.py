@@ -29,15 +29,20 @@ class Vocabulary:
     """Classes, each a tuple of synonyms; ``classes[i][0]`` is the display name.
 
     ``background`` is the index of a class that stands for "no class" (VOC21,
-    PC60, COCO-Object), or None. Label ids in results index ``classes``.
+    PC60, COCO-Object), or None. ``things``: per-class flags, True for countable
+    objects (panoptic benchmarks), or None when unknown. Label ids in results
+    index ``classes``.
     """
 
     classes: tuple[tuple[str, ...], ...]
     background: int | None = None
+    things: tuple[bool, ...] | None = None
 
     def __post_init__(self):
         if not self.classes:
             raise VocabularyError("the vocabulary is empty: give at least one class name")
+        if self.things is not None and len(self.things) != len(self.classes):
+            raise VocabularyError(f"{len(self.things)} thing flags for {len(self.classes)} classes")
         seen: dict[str, int] = {}
         for i, syns in enumerate(self.classes):
             if not syns:

@@ -18,6 +18,7 @@ A dataset is anything with ``__len__`` / ``__getitem__`` giving items with
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -72,6 +73,8 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
         text = model.text_encoder(templates)(vocab)
     text = text.to(device)
     panoptic = getattr(dataset, "task", "semantic") == "panoptic" and "panoptic" in model.tasks
+    if panoptic and vocab.things is None and dataset.thing_ids is not None:   # the benchmark's own flags
+        vocab = dataclasses.replace(vocab, things=tuple(i in set(dataset.thing_ids) for i in range(len(vocab))))
     instance = panoptic and "instance" in model.tasks
 
     n = len(dataset) if limit is None else min(int(limit), len(dataset))

@@ -206,7 +206,7 @@ def thing_flags(vocab: Vocabulary, things: Sequence[bool] | None = None) -> list
     benchmark whose class names it is (COCO, ADE-150, Cityscapes, any convention),
     else all True (a user vocabulary: every class is an object, nothing is merged)."""
     if things is None:
-        things = getattr(vocab, "things", None)
+        things = vocab.things
     if things is None:
         things = benchmark_things(tuple(vocab.names))
     if things is None:
