@@ -18,6 +18,13 @@ def model():
     return get_spec("segclip-tiny").build()
 
 
+@pytest.fixture
+def target():
+    """A model of the converter tests' own: they load random published weights into it
+    (N(0, 1) everywhere), which must not reach the shared ``model`` of the other tests."""
+    return get_spec("segclip-tiny").build()
+
+
 def published_layout(W=48, heads=3, layers=4, split=2, T=32, text_layers=2, D=32, vocab=49408, ctx=77,
                      patch=16, grid=4, centers=8):
     """Key -> shape of ArrowLuo/SegCLIP's ``SegCLIP.state_dict()`` (written from its module structure)."""
@@ -58,15 +65,15 @@ def published_layout(W=48, heads=3, layers=4, split=2, T=32, text_layers=2, D=32
     return k
 
 
-def test_converter_maps_published_layout_both_ways(model):
+def test_converter_maps_published_layout_both_ways(target):
     layout = published_layout()
     g = torch.Generator().manual_seed(1)
     published = {k: torch.randn(s, generator=g) for k, s in layout.items()}
-    assert conv.detect({"model": published}) and not conv.detect(model.state_dict())
+    assert conv.detect({"model": published}) and not conv.detect(target.state_dict())
     ours = conv.to_ours(published)
-    assert set(ours) == set(model.state_dict())                      # zero missing / unexpected
-    conv.load_into(model, {"model": published})
-    sd = model.state_dict()
+    assert set(ours) == set(target.state_dict())                      # zero missing / unexpected
+    conv.load_into(target, {"model": published})
+    sd = target.state_dict()
     vt = "clip.visual.transformer"
     assert torch.equal(sd[f"{vt}.resblocks.3.mlp.c_fc.weight"], published[f"{vt}.layers2.1.mlp.c_fc.weight"])
     assert torch.equal(sd[f"{vt}.resblocks.1.attn.in_proj_weight"], published[f"{vt}.layers0.1.attn.in_proj_weight"])
@@ -78,27 +85,27 @@ def test_converter_maps_published_layout_both_ways(model):
     assert all(torch.equal(back[k], published[k]) for k in layout)
 
 
-def test_converter_fills_clip_keys_and_reports_the_rest(model):
+def test_converter_fills_clip_keys_and_reports_the_rest(target):
     published = {k: torch.randn(s) for k, s in published_layout().items()}
     clip_sd = {k[len("clip."):]: v.clone() for k, v in conv.to_ours(published).items() if k.startswith("clip.")}
     clip_sd["input_resolution"] = torch.tensor(64)
     partial = {k: v for k, v in published.items() if not k.startswith("clip.transformer.")}
     with pytest.raises(ValueError, match="missing.*clip.transformer.resblocks.0"):
-        conv.load_into(model, partial)
-    report = conv.load_into(model, partial, clip_state_dict=clip_sd)
+        conv.load_into(target, partial)
+    report = conv.load_into(target, partial, clip_state_dict=clip_sd)
     assert report["filled"] and all(k.startswith("clip.transformer.") for k in report["filled"])
     with pytest.raises(ValueError, match="unexpected.*extra.key"):
-        conv.load_into(model, {**published, "extra.key": torch.zeros(1)})
+        conv.load_into(target, {**published, "extra.key": torch.zeros(1)})
 
 
-def test_published_file_loads_as_is(model, tmp_path):
+def test_published_file_loads_as_is(target, tmp_path):
     published = {k: torch.randn(s) for k, s in published_layout().items()}
     torch.save({"model": published}, tmp_path / "segclip.bin")
-    conv.load_published(model, str(tmp_path / "segclip.bin"))
-    assert torch.equal(model.group.semantic_center, published["clip.visual.transformer.semantic_layer2.semantic_center"])
+    conv.load_published(target, str(tmp_path / "segclip.bin"))
+    assert torch.equal(target.group.semantic_center, published["clip.visual.transformer.semantic_layer2.semantic_center"])
     clip_sd = {k[len("clip."):]: v for k, v in conv.to_ours(published).items() if k.startswith("clip.")}
     torch.save({k: v for k, v in published.items() if k != "clip.ln_final.weight"}, tmp_path / "partial.bin")
-    report = conv.load_published(model, str(tmp_path / "partial.bin"), clip_state_dict=clip_sd)
+    report = conv.load_published(target, str(tmp_path / "partial.bin"), clip_state_dict=clip_sd)
     assert report["filled"] == ["clip.ln_final.weight"]
 
 

@@ -32,13 +32,22 @@ def both(fn):
 
 
 def close(a, b, atol=1e-4):
+    """``a`` and ``b`` have the same structure: same types, dict keys, sequence lengths,
+    tensor shapes and dtypes; tensors agree within ``atol``, any other value is equal."""
+    assert type(a) is type(b), (type(a), type(b))
     if isinstance(a, dict):
+        assert a.keys() == b.keys(), (sorted(a), sorted(b))
         for k in a:
             close(a[k], b[k], atol)
-        return
-    if torch.is_tensor(a):
-        assert a.shape == b.shape
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), (len(a), len(b))
+        for x, y in zip(a, b):
+            close(x, y, atol)
+    elif torch.is_tensor(a):
+        assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
         assert torch.allclose(a, b, atol=atol, rtol=0), (a - b).abs().max().item()
+    else:
+        assert a == b, (a, b)
 
 
 @pytest.fixture(scope="module")
