@@ -2,7 +2,7 @@
 
 Parameter groups come from ``model.param_groups(cfg)`` (the whole config; the
 model sets requires_grad False on what its recipe freezes and gives per-group
-``lr`` / ``weight_decay``; by default ``vocabseg.model.default_param_groups``). ``optim.freeze``
+``lr`` / ``weight_decay``; a module that is not a ``SegModel``: ``vocabseg.model.default_param_groups``). ``optim.freeze``
 name prefixes are frozen on top. Groups without ``lr`` / ``weight_decay`` take
 ``optim.lr`` / ``optim.weight_decay``; frozen parameters and empty groups are
 dropped.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from ...model import SegModel, default_param_groups
 
 
 def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
@@ -28,7 +30,7 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
         missing = [p for p in freeze if p not in hit]
         if missing:
             raise ValueError(f"optim.freeze prefixes {missing} match no parameter name")
-    groups = model.param_groups(cfg)
+    groups = model.param_groups(cfg) if isinstance(model, SegModel) else default_param_groups(model, cfg)
     out, seen = [], set()
     for g in groups:
         params = [p for p in g["params"] if p.requires_grad]
