@@ -1,6 +1,6 @@
 # The two set-up commands of the README.
 #   make run   create .venv, install, segment examples/ with the default model into outputs/
-#   make test  create .venv if needed, run the whole test suite
+#   make test  create .venv if needed, run the whole test suite (make test-quick: without the slow tests)
 #              (the demo's browser test drives Debian's Chromium; installed here when missing, as root)
 PY ?= python3
 VENV := .venv
@@ -17,9 +17,13 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > /dev/null
 
-.PHONY: run test
+.PHONY: run test test-quick
 run: $(BIN)/vocabseg
 	$(BIN)/vocabseg segment examples/ --out outputs/
 
 test: $(BIN)/vocabseg $(CHROMIUM)
 	$(BIN)/python -m pytest tests
+
+# the developers' quick loop: everything but the slow, browser and torchrun tests
+test-quick: $(BIN)/vocabseg
+	$(BIN)/python -m pytest tests -m "not slow"

@@ -17,3 +17,10 @@ def _isolated_home(tmp_path, monkeypatch):
 
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(items):
+    """Browser and torchrun tests are slow too: ``-m "not slow"`` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("browser") or item.get_closest_marker("dist"):
+            item.add_marker(pytest.mark.slow)

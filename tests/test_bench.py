@@ -30,6 +30,7 @@ def test_text_worker_encodes_then_reads_the_cache():
     assert r["cached"] < r["uncached"] and r["prompts_per_s"] == pytest.approx(r["prompts"] / r["uncached"])
 
 
+@pytest.mark.slow
 def test_bench_command_errors_and_json(tmp_path, capsys):
     assert main(["bench", "--models", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err

@@ -291,6 +291,7 @@ def server(tmp_path_factory):
     log.close()
 
 
+@pytest.mark.browser
 def test_page_segments_highlights_and_survives_bad_requests(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
     bad = tmp_path / "broken.png"

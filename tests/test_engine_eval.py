@@ -191,6 +191,7 @@ def test_eval_command_writes_named_metrics(root, checkpoint, tmp_path, capsys):
         assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.dist
 def test_torchrun_two_processes_give_the_single_process_numbers(root, checkpoint, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                            # as each torchrun process runs

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -33,6 +34,7 @@ def _losses(out):
     return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "loss" in x]
 
 
+@pytest.mark.dist
 def test_two_process_training_stopped_and_resumed_equals_uninterrupted(tmp_path):
     write_benchmark("coco-stuff", tmp_path / "data", split="train", num_images=16, size=(64, 64))
     config = tmp_path / "san.yaml"

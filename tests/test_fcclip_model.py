@@ -95,6 +95,7 @@ def _iou(a, b):
     return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
 
 
+@pytest.mark.slow
 def test_tiny_fcclip_overfits_synthetic_panoptic_images(tmp_path):
     torch.manual_seed(0)
     write_benchmark("coco-panoptic", tmp_path, split="train", num_images=4, size=(32, 32))

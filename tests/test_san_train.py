@@ -75,6 +75,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_tiny_san_overfits_a_few_images():
     """Class text embeddings are fixed unit vectors (a random CLIP text tower gives
     nearly parallel ones); everything SAN trains is trained with the published loss,

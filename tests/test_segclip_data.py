@@ -84,6 +84,7 @@ def test_caption_transform_crops_image_and_superpixels_alike():
     assert not set(labels[red].tolist()) & set(labels[~red].tolist())   # no superpixel crosses the edge
 
 
+@pytest.mark.slow
 def test_short_training_run_segments_above_chance(tmp_path):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "learn_synthetic.py"
     spec = importlib.util.spec_from_file_location("learn_synthetic", path)

@@ -76,6 +76,7 @@ def _worker(rank, world, path, text, image, scale):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.dist
 def test_contrastive_gathered_over_two_processes_equals_single(tmp_path):
     g = torch.Generator().manual_seed(0)
     text, image = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)

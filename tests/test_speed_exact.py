@@ -269,6 +269,7 @@ def test_bench_counts_flops_of_known_layers():
         assert count_flops(lambda: mha(y, y, y, need_weights=False)) == 2 * 5 * 16 * 48 + 4 * 2 * 5 * 5 * 8 + 2 * 5 * 16 * 16
 
 
+@pytest.mark.slow
 def test_segment_batch_size_writes_what_batch_one_writes(tmp_path, capsys):
     from PIL import Image
     from vocabseg.api import load_model
