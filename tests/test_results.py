@@ -104,3 +104,16 @@ def test_instances_rle_round_trips_through_pycocotools(tmp_path):
         rle = dict(rec["segmentation"], counts=rec["segmentation"]["counts"].encode())
         assert np.array_equal(mask_util.decode(rle).astype(bool), m.numpy())
     assert out[0]["bbox"] == [3.0, 2.0, 6.0, 4.0] and out[1]["category_id"] == 2
+
+
+def test_json_never_holds_nan(tmp_path):
+    import json
+    import math
+    from vocabseg.results import _save_json, finite_json
+    obj = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2.5, "x")}
+    assert finite_json(obj) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2.5, "x"]}
+    _save_json(obj, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text, parse_constant=lambda c: math.nan)    # strict: no NaN literal accepted silently
+    assert back["a"] is None and back["b"][1] is None

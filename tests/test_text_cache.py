@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -78,3 +80,34 @@ def test_offline_clip_weights_error_says_how_to_supply_them():
 def test_unknown_clip_tag_lists_known_ones():
     with pytest.raises(ValueError, match="open_clip knows: .*openai"):
         create_clip("ViT-B-16", "nonsense")
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (lambda good: torch.full_like(good, float("nan")), "not finite"),
+    (lambda good: good[:, :-1].clone(), "of shape"),
+    (lambda good: 3 * good, "not unit-norm"),
+    (lambda good: good.to(torch.int64), "not a float tensor"),
+    (lambda good: {"not": "a tensor"}, "not a float tensor"),
+])
+def test_bad_cache_entries_are_re_encoded_and_rewritten(clip, bad, reason):
+    model, tok, ident = clip
+    names = ["cat", "dog", "puppy"]
+    good = TextEncoder(model, tok, ident, "vild").encode_names(names)
+    path = TextEncoder(model, tok, ident, "vild").cache_path(names)
+    torch.save(bad(good), path)
+    with pytest.warns(UserWarning, match=reason):
+        again = TextEncoder(model, tok, ident, "vild").encode_names(names)
+    assert torch.equal(again, good)
+    assert torch.equal(torch.load(path, weights_only=True), good)   # the entry was rewritten
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                              # now a clean hit: no warning
+        assert torch.equal(TextEncoder(model, tok, ident, "vild").encode_names(names), good)
+
+
+def test_torn_cache_file_is_re_encoded(clip):
+    model, tok, ident = clip
+    enc = TextEncoder(model, tok, ident, "vild")
+    good = enc.encode_names(["cat"])
+    enc.cache_path(["cat"]).write_bytes(b"\x80torn")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert torch.equal(TextEncoder(model, tok, ident, "vild").encode_names(["cat"]), good)

@@ -27,3 +27,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def vocabseg_home() -> Path:
+    """Where vocabseg keeps weights and caches: ``$VOCABSEG_HOME``, default ~/.cache/vocabseg."""
+    return Path(os.environ.get("VOCABSEG_HOME", Path.home() / ".cache" / "vocabseg"))

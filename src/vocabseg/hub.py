@@ -11,8 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .backbones.clip import WeightsNotFound
-from .files import atomic_write
-from .text import vocabseg_home
+from .files import atomic_write, vocabseg_home
 
 
 def weights_dir() -> Path:

@@ -10,6 +10,7 @@ each saves PNG / JSON files with ``save(out_dir, stem)``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,20 @@ def _save_png(im: Image.Image, path: Path) -> None:
     atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
+def finite_json(obj):
+    """``obj`` with every non-finite float (NaN, infinity) replaced by None, so that
+    the JSON written is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def _save_json(obj, path: Path) -> None:
-    atomic_write(path, json.dumps(obj, indent=1))
+    atomic_write(path, json.dumps(finite_json(obj), indent=1, allow_nan=False))
 
 
 def _image_hw3(image: torch.Tensor | None, h: int, w: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import speed, text_prefix
-from .files import atomic_write
+from .backbones.clip import text_dim
+from .files import atomic_write, vocabseg_home
 from .text_prefix import embed_tokens, project_text, standard_text_tower
 from .vocab import Vocabulary
 
@@ -69,10 +71,6 @@ def templates(name: str | Sequence[str]) -> list[str]:
 
 
 TEMPLATE_SETS = ("single", "vild", "imagenet")
-
-
-def vocabseg_home() -> Path:
-    return Path(os.environ.get("VOCABSEG_HOME", Path.home() / ".cache" / "vocabseg"))
 
 
 def encode_text_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
@@ -143,9 +141,11 @@ class TextEncoder:
         if self.cache and path.is_file():
             try:
                 emb = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a torn or foreign file: encode again and overwrite it
-                emb = None
-            if emb is not None and (emb.ndim != 2 or emb.shape[0] != len(names)):
+                problem = entry_problem(emb, len(names), text_dim(self.clip_model))
+            except Exception as e:  # a torn or foreign file
+                problem = f"unreadable ({type(e).__name__})"
+            if problem:            # encode again and overwrite it
+                warnings.warn(f"text cache entry {path} is {problem}: re-encoded and rewritten", stacklevel=2)
                 emb = None
         if emb is None:
             emb = self._encode(names)
@@ -181,6 +181,20 @@ class TextEncoder:
         from . import text_prefix
         tokens = self.tokenizer(prompts).to(_device_of(self.clip_model))
         return text_prefix.encode_shared(self.clip_model, tokens, self.batch_size, progress=progress).float().cpu()
+
+
+def entry_problem(emb, rows: int, width: int) -> str | None:
+    """What is wrong with a cached embedding that should be a finite float tensor
+    [rows, width] of unit rows, or None when nothing is."""
+    if not torch.is_tensor(emb) or not emb.is_floating_point():
+        return f"not a float tensor ({type(emb).__name__})"
+    if tuple(emb.shape) != (rows, width):
+        return f"of shape {tuple(emb.shape)}, expected {(rows, width)}"
+    if not torch.isfinite(emb).all():
+        return "not finite (NaN or infinity)"
+    if not torch.allclose(emb.float().norm(dim=-1), torch.ones(rows), atol=1e-3):
+        return "not unit-norm"
+    return None
 
 
 def average_templates(features: torch.Tensor, average: str = "normalized") -> torch.Tensor:

@@ -18,6 +18,7 @@ import open_clip
 import torch
 
 from ..errors import WeightsNotFound
+from ..files import vocabseg_home
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -122,7 +123,6 @@ def weights_need_quick_gelu(arch: str, path: str) -> bool:
 
 
 def clip_cache_dir() -> Path:
-    from ..text import vocabseg_home
     return vocabseg_home() / "clip"
 
 
