@@ -30,6 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, nargs="+", metavar="NAME", help="benchmark name(s), e.g. ade150")
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--root", default=None, help="datasets root (default $VOCABSEG_DATASETS or ./datasets)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="evaluate the complete image / label pairs of a split with files missing (the number "
+                        "skipped is printed and in the JSON); without it a missing file is an error")
     p.add_argument("--templates", default=None, help="prompt templates: single, vild, imagenet "
                                                      "(default: the model's published set)")
     p.add_argument("--vocab-convention", default="auto",
@@ -50,6 +53,17 @@ def _name(model, given: str) -> str:
     return preset if preset and not Path(given).exists() else Path(given).name
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder that can be written (made if absent), checked before the model loads."""
+    import os
+    from ..errors import UserError
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write there (folder {parent} is not writable)")
+
+
 def run(args) -> int:
     from ..data import get_dataset
     from ..engine import distributed as D
@@ -64,8 +78,11 @@ def run(args) -> int:
     if args.templates is not None and args.templates not in TEMPLATE_SETS:
         raise UserError(f"unknown template set {args.templates!r}; use {', '.join(TEMPLATE_SETS)}")
     convention = None if args.vocab_convention == "default" else args.vocab_convention
+    if args.out:
+        _check_out(Path(args.out))
     try:
-        datasets = [get_dataset(name, args.split, args.root) for name in args.dataset]
+        datasets = [get_dataset(name, args.split, args.root, allow_missing=args.allow_missing)
+                    for name in args.dataset]
     except KeyError as e:
         raise UserError(str(e.args[0])) from None
     dist = D.init(args.device)

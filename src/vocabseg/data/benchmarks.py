@@ -10,11 +10,30 @@ map background to the ignore label; the others have no background.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 SEMANTIC, PANOPTIC = "semantic", "panoptic"
+
+
+class DatasetError(UserError, ValueError):
+    """A benchmark file that cannot be used (unreadable, of the wrong size, holding labels
+    that are not the benchmark's classes); the message names the file."""
+
+
+class IncompleteDataset(UserError, FileNotFoundError):
+    """A benchmark split with files missing; the message names them and the way out."""
+
+
+class UnknownDataset(UserError, KeyError):
+    """A benchmark name that is not in the registry (the message suggests close names)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -24,7 +43,10 @@ class Split:
     Semantic: ``images``/``labels`` folders; a label file ``<stem><label_suffix>``
     pairs with the image ``<stem><image_suffix>`` in the same relative sub-folder
     (``recursive``: labels are searched in sub-folders, as Cityscapes' cities).
-    ``list_file``: a text file of stems (one per line) selects and orders the files.
+    ``list_file``: a text file of stems (one per line) selects and orders the files
+    (``list_required=False``: only when it exists). Without a list, the split is every stem
+    found among the labels or the images, unless ``shared_images`` (the image folder holds
+    other splits too, as VOC's JPEGImages), then among the labels.
     Panoptic: ``images``, ``labels`` (the PNG folder) and ``json``.
     """
 
@@ -35,6 +57,8 @@ class Split:
     list_file: str | None = None
     recursive: bool = False
     json: str | None = None
+    list_required: bool = True
+    shared_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,12 +89,15 @@ _COCO = "coco folder holding {train,val}2017/ images"
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("voc20", SEMANTIC, 20, 255, {
-        s: _sem("VOC2012/JPEGImages", f"VOC2012/annotations_detectron2/{s}") for s in ("train", "val")},
+        s: _sem("VOC2012/JPEGImages", f"VOC2012/annotations_detectron2/{s}", shared_images=True,
+                list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt", list_required=False)
+        for s in ("train", "val")},
         "voc", _VOC, conventions=("fcclip", "san", "tf"),
         notes="background -> 255, class ids - 1"),
     Benchmark("voc21", SEMANTIC, 21, 255, {
         s: _sem("VOC2012/JPEGImages", "VOC2012/SegmentationClass",
-                list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt") for s in ("train", "val")},
+                list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt", shared_images=True)
+        for s in ("train", "val")},
         "voc", _VOC, background=0, conventions=("fcclip", "tf"), notes="raw SegmentationClass"),
     Benchmark("pc59", SEMANTIC, 59, 255, {
         s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
@@ -128,7 +155,9 @@ def datasets_root(root: str | os.PathLike | None = None) -> Path:
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}")
+        close = difflib.get_close_matches(str(name).lower(), list(BENCHMARKS), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UnknownDataset(f"unknown dataset {name!r}; {hint}known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
 
 
@@ -137,7 +166,7 @@ def missing_message(bench: Benchmark, split: str, root: Path, missing: list[Path
     paths = ", ".join(str(p) for p in missing)
     s = bench.splits[split]
     expected = [root / s.images, root / s.labels] + ([root / s.json] if s.json else []) \
-        + ([root / s.list_file] if s.list_file else [])
+        + ([root / s.list_file] if s.list_file and s.list_required else [])
     msg = (f"dataset {bench.name!r} ({split}) not found under {root}: missing {paths}. "
            f"Expected: {', '.join(str(p) for p in expected)}. ")
     if bench.prepare:
@@ -146,3 +175,22 @@ def missing_message(bench: Benchmark, split: str, root: Path, missing: list[Path
         msg += f"Build it with {bench.download}"
     return msg + " (datasets root: --root, $VOCABSEG_DATASETS, $DETECTRON2_DATASETS or ./datasets)."
 
+
+
+def incomplete_message(bench: Benchmark, split: str, root: Path, missing: list[Path], items: int,
+                       complete: int, shown: int = 3) -> str:
+    """The error text for a split with files missing: the first ``shown`` of them, how many
+    there are, and the way out (``--allow-missing``)."""
+    names = ", ".join(_rel(p, root) for p in missing[:shown])
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    lack = "lacks" if items - complete == 1 else "lack"
+    return (f"dataset {bench.name!r} ({split}) under {root} is incomplete: {items - complete} of its {items} "
+            f"images {lack} a file ({len(missing)} missing: {names}{more}). Restore them, or pass --allow-missing "
+            f"(Python: get_dataset(..., allow_missing=True)) to use the {complete} complete images")
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return str(p)

@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageOps
 
 from ..vocab import Vocabulary
-from .benchmarks import PANOPTIC, Benchmark, datasets_root, get_benchmark, missing_message
+from .benchmarks import (PANOPTIC, Benchmark, DatasetError, IncompleteDataset, datasets_root, get_benchmark,
+                         incomplete_message, missing_message)
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -68,6 +69,16 @@ class _Base:
         """The class names in a published convention ("fcclip", "san", "tf"), or the default."""
         return Vocabulary.from_dataset(self.name, convention)
 
+    def _read(self, reader, path: Path, what: str):
+        """``reader(path)``, any failure turned into one line naming the file."""
+        try:
+            return reader(path)
+        except DatasetError:
+            raise
+        except Exception as e:   # PIL / OS errors of a corrupt, truncated or vanished file
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DatasetError(f"{path}: cannot read this {self.name} {what} ({reason})") from None
+
     def _require(self, *paths: Path) -> None:
         missing = [p for p in paths if not p.exists()]
         if missing:
@@ -78,48 +89,61 @@ class _Base:
 
 
 class SemanticDataset(_Base):
-    """Image / label-map pairs of a semantic benchmark."""
+    """Image / label-map pairs of a semantic benchmark. A split with a file missing is an
+    ``IncompleteDataset`` error naming them, unless ``allow_missing``: then the complete
+    pairs are read and ``skipped`` counts the others."""
 
-    def __init__(self, bench: Benchmark, split: str, root: Path):
+    def __init__(self, bench: Benchmark, split: str, root: Path, allow_missing: bool = False):
         super().__init__(bench, split, root)
         s = bench.splits[split]
         img_dir, lab_dir = self.root / s.images, self.root / s.labels
-        self._require(img_dir, lab_dir, *([self.root / s.list_file] if s.list_file else []))
-        if s.list_file:
-            stems = [x.strip() for x in (self.root / s.list_file).read_text().splitlines() if x.strip()]
-            labels = [lab_dir / f"{t}{s.label_suffix}" for t in stems]
+        listed = self.root / s.list_file if s.list_file else None
+        self._require(img_dir, lab_dir, *([listed] if listed and s.list_required else []))
+        images, labels = _stems(img_dir, s.image_suffix, s.recursive), _stems(lab_dir, s.label_suffix, s.recursive)
+        if listed and listed.is_file():
+            stems = [x.strip() for x in listed.read_text().splitlines() if x.strip()]
         else:
-            pattern = f"*{s.label_suffix}"
-            labels = sorted(lab_dir.rglob(pattern) if s.recursive else lab_dir.glob(pattern))
-        self.files: list[tuple[Path, Path]] = []
-        for lab in labels:
-            rel = lab.relative_to(lab_dir)
-            stem = rel.name[: -len(s.label_suffix)]
-            self.files.append((img_dir / rel.parent / f"{stem}{s.image_suffix}", lab))
-        if not self.files:
+            stems = sorted(labels.keys() | (set() if s.shared_images else images.keys()))
+        if not stems:
             raise FileNotFoundError(missing_message(bench, split, self.root, [lab_dir / f"*{s.label_suffix}"]))
-        absent = [p for pair in self.files[:1] + self.files[-1:] for p in pair if not p.exists()]
-        if absent:
-            raise FileNotFoundError(missing_message(bench, split, self.root, absent))
+        self.files: list[tuple[Path, Path]] = []
+        self.missing: list[Path] = []       # files of the split that are not on disk
+        for t in stems:
+            pair = (img_dir / f"{t}{s.image_suffix}", lab_dir / f"{t}{s.label_suffix}")
+            absent = [p for p, have in zip(pair, (images, labels)) if t not in have]
+            self.missing += absent
+            if not absent:
+                self.files.append(pair)
+        self.skipped = len(stems) - len(self.files)   # images left out for a missing file
+        if self.skipped and not (allow_missing and self.files):
+            raise IncompleteDataset(incomplete_message(bench, split, self.root, self.missing, len(stems),
+                                                       len(self.files)))
 
     def __len__(self) -> int:
         return len(self.files)
 
     def label(self, i: int) -> torch.Tensor:
-        """LongTensor[H, W] of item i (after the benchmark's label mapping)."""
-        arr = read_label(self.files[i][1]).astype(np.int64)
+        """LongTensor[H, W] of item i (after the benchmark's label mapping); a value that is
+        neither a class nor the ignore label is a ``DatasetError`` naming the file."""
+        path = self.files[i][1]
+        arr = self._read(read_label, path, "label").astype(np.int64)
         if self.bench.label_map == "pc60":
             arr = np.where(arr == 255, 0, arr + 1)
+        bad = ((arr < 0) | (arr >= self.num_classes)) & (arr != self.ignore_index)
+        if bad.any():
+            raise DatasetError(f"{path}: label value {int(arr[bad][0])} is not a {self.name} class "
+                               f"(0..{self.num_classes - 1}) nor its ignore value {self.ignore_index}")
         return torch.from_numpy(arr)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
         img_path, lab_path = self.files[i]
-        image = read_image(img_path)
+        image = self._read(read_image, img_path, "image")
         sem = self.label(i)
         if sem.shape != image.shape[1:]:
-            raise ValueError(f"{lab_path}: label size {tuple(sem.shape)} != image size {tuple(image.shape[1:])}")
+            raise DatasetError(f"{lab_path}: label is {sem.shape[0]}x{sem.shape[1]} (HxW), its image "
+                               f"{img_path.name} {image.shape[1]}x{image.shape[2]}")
         stem = lab_path.name[: -len(self.bench.splits[self.split].label_suffix)]
         return {"image": image, "sem_seg": sem, "file_name": str(img_path), "image_id": stem,
                 "sem_seg_file_name": str(lab_path)}
@@ -159,15 +183,14 @@ class PanopticDataset(_Base):
             raise IndexError(i)
         img_path, pan_path = self.files[i]
         ann = self.annotations[i]
-        image = read_image(img_path)
-        with Image.open(pan_path) as im:
-            pan = rgb_to_id(np.asarray(im.convert("RGB")))
+        image = self._read(read_image, img_path, "image")
+        pan = self._read(lambda p: rgb_to_id(np.asarray(Image.open(p).convert("RGB"))), pan_path, "panoptic PNG")
         if pan.shape != tuple(image.shape[1:]):
-            raise ValueError(f"{pan_path}: size {pan.shape} != image size {tuple(image.shape[1:])}")
+            raise DatasetError(f"{pan_path}: size {pan.shape} != image size {tuple(image.shape[1:])}")
         segments, sem = [], np.full(pan.shape, self.ignore_index, dtype=np.int64)
         for seg in ann["segments_info"]:
             if seg["category_id"] not in self.contiguous:
-                raise ValueError(f"{pan_path}: segment {seg['id']} has unknown category {seg['category_id']}")
+                raise DatasetError(f"{pan_path}: segment {seg['id']} has unknown category {seg['category_id']}")
             c = self.contiguous[seg["category_id"]]
             segments.append({"id": int(seg["id"]), "category_id": c, "isthing": c in self.thing_ids,
                              "iscrowd": int(seg.get("iscrowd", 0)), "area": int(seg.get("area", 0))})
@@ -177,12 +200,24 @@ class PanopticDataset(_Base):
                 "pan_seg_file_name": str(pan_path)}
 
 
-def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = None):
+def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = None,
+                allow_missing: bool = False):
     """The reader of benchmark ``name`` (a key of ``BENCHMARKS``) for ``split``
     ("val" or "train"). Raises FileNotFoundError naming the expected paths and the
-    prepare command when the files are not there."""
+    prepare command when the files are not there, ``IncompleteDataset`` when some are
+    missing (semantic benchmarks: ``allow_missing`` reads the complete pairs only)."""
     bench = get_benchmark(name)
     if split not in bench.splits:
         raise KeyError(f"dataset {name!r} has splits {', '.join(bench.splits)}, not {split!r}")
-    cls = PanopticDataset if bench.task == PANOPTIC else SemanticDataset
-    return cls(bench, split, datasets_root(root))
+    root = datasets_root(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"the datasets root {root} is a file, not a folder")
+    if bench.task == PANOPTIC:
+        return PanopticDataset(bench, split, root)
+    return SemanticDataset(bench, split, root, allow_missing)
+
+
+def _stems(folder: Path, suffix: str, recursive: bool) -> dict[str, Path]:
+    """{relative path without ``suffix``: path} of the files in ``folder`` ending with ``suffix``."""
+    found = folder.rglob(f"*{suffix}") if recursive else folder.glob(f"*{suffix}")
+    return {p.relative_to(folder).as_posix()[: -len(suffix)]: p for p in found}

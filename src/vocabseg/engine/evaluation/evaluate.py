@@ -8,7 +8,11 @@ torchrun processes, reduced exactly (see ``metrics.py`` and ``distributed.py``).
 - panoptic benchmarks with a model whose ``tasks`` include "panoptic":
   ``pq`` = {all, things, stuff: {pq, sq, rq, n}} and ``per_class_pq``; with
   "instance" also ``mask_ap`` = {ap, ap50, ap75, aps, apm, apl};
-- ``images``, ``vocabulary``, ``templates``, ``batch_size``, ``world_size``, ``seconds``.
+- ``images``, ``skipped`` (images left out for a missing file: ``get_dataset(...,
+  allow_missing=True)``), ``vocabulary``, ``templates``, ``batch_size``, ``world_size``, ``seconds``.
+
+A file of the dataset that cannot be read stops the evaluation with one line naming
+it (``DatasetError``), also from a data-loading worker process.
 
 A dataset is anything with ``__len__`` / ``__getitem__`` giving items with
 ``image`` (uint8 [3, H, W]) and ``sem_seg`` (LongTensor [H, W]), plus
@@ -25,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ... import speed
+from ...data.benchmarks import DatasetError
 from ...registry import spec_of
 from .. import distributed as D
 from .. import inference
@@ -32,6 +37,24 @@ from ..inference.batched import infer_batch
 from .mask_ap import detections, gt_instances, mask_ap
 from .metrics import ConfusionMatrix, PanopticStats, panoptic_metrics, semantic_metrics
 from .subset import with_vocabulary
+
+
+class _Guarded:
+    """``dataset`` whose items carry a read error as ``{"error": message}`` instead of
+    raising it: a worker process's exception would reach the user wrapped in a traceback."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i) -> dict:
+        try:
+            return self.dataset[i]
+        except DatasetError as e:
+            return {"error": str(e)}
+
 
 def model_convention(model) -> str | None:
     """The benchmark class-name convention of ``model``'s method (its registry spec's;
@@ -63,6 +86,7 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     from tqdm.auto import tqdm
     t0 = time.time()
     used = "custom"
+    skipped = int(getattr(dataset, "skipped", 0))
     if vocab is None:
         vocab, used = dataset_vocabulary(dataset, convention, model_convention(model))
     dataset = with_vocabulary(dataset, vocab)      # fewer classes: labels remapped, the others ignored
@@ -80,7 +104,7 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     dist = D.info()
     batches = D.batch_shard(n, batch_size, dist.rank, dist.world_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=list,
+    loader = DataLoader(_Guarded(dataset), batch_sampler=batches, num_workers=workers, collate_fn=list,
                         persistent_workers=False)
     conf = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
     pq = PanopticStats(dataset.num_classes) if panoptic else None
@@ -88,6 +112,9 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not (progress and dist.is_main),
                desc=f"eval {dataset.name}" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""))
     for indices, items in zip(batches, loader):
+        for it in items:
+            if "error" in it:
+                raise DatasetError(it["error"])
         images = [it["image"].float().div(255) for it in items]
         if panoptic:   # per image: one encoding serves every output
             for idx, img, it in zip(indices, images, items):
@@ -105,7 +132,7 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     bar.close()
 
     result = {"dataset": dataset.name, "split": getattr(dataset, "split", None), "images": n,
-              "vocabulary": used, "templates": templates or model.template_set, "batch_size": batch_size,
+              "skipped": skipped, "vocabulary": used, "templates": templates or model.template_set, "batch_size": batch_size,
               "world_size": dist.world_size}
     result.update(semantic_metrics(D.all_reduce_sum(conf.mat), vocab.names))
     if panoptic:
@@ -125,7 +152,8 @@ def summary_lines(result: dict) -> list[str]:
     """Human-readable lines of an ``evaluate`` result."""
     def f(v):
         return "n/a" if v is None else f"{v:.2f}"
-    lines = [f"{result['dataset']} ({result['images']} images, vocabulary {result['vocabulary']}, "
+    skipped = f", {result['skipped']} skipped for a missing file" if result.get("skipped") else ""
+    lines = [f"{result['dataset']} ({result['images']} images{skipped}, vocabulary {result['vocabulary']}, "
              f"templates {result['templates']})",
              f"  miou_gt  {f(result['miou_gt'])}   (mean over the {result['classes_gt']} classes in the ground truth)",
              f"  miou_any {f(result['miou_any'])}   (mean over the {result['classes_any']} classes in ground truth "
