@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .protocol import Protocol, normalize
-from .text import TextEncoder
+from .text import TextEncoder, template_key
 from .vocab import Vocabulary
 
 # detectron2's norm_module_types: the layers whose parameters optimisers give ``weight_decay_norm``
@@ -98,7 +98,7 @@ class SegModel(nn.Module):
         return (*self.text_parts(), self._text_ident)
 
     def text_encoder(self, template_set: str | None = None) -> TextEncoder:
-        key = template_set or self.template_set
+        key = template_key(self.template_set if template_set is None else template_set)   # a list: a tuple key
         if key not in self._text_encoders:
             clip, tok, ident = self.text_tower()
             self._text_encoders[key] = TextEncoder(clip, tok, ident, key, average=self.text_average)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from . import speed, text_prefix
 from .backbones.clip import text_dim
 from .files import atomic_write, vocabseg_home
 from .text_prefix import embed_tokens, project_text, standard_text_tower
+from .errors import VocabularyError
 from .vocab import Vocabulary
 
 SINGLE = ["a photo of a {}."]
@@ -52,22 +54,33 @@ def _imagenet_templates() -> list[str]:
 
 
 def templates(name: str | Sequence[str]) -> list[str]:
-    """A template set by name (``single``, ``vild``, ``imagenet``) or a list of
-    strings each holding one ``{}``."""
-    if not isinstance(name, str):
-        out = list(name)
-    elif name == "single":
-        out = list(SINGLE)
-    elif name == "vild":
-        out = list(VILD)
-    elif name == "imagenet":
-        out = _imagenet_templates()
+    """A template set by name (``single``, ``vild``, ``imagenet``), one template string, or
+    any sequence of them; each holds exactly one ``{}`` and no other replacement field
+    (``{{`` / ``}}`` for literal braces). Anything else is a ``VocabularyError``."""
+    if isinstance(name, str) and name in TEMPLATE_SETS:
+        out = list(SINGLE) if name == "single" else list(VILD) if name == "vild" else _imagenet_templates()
+    elif isinstance(name, str) and "{" not in name:
+        raise VocabularyError(f"unknown template set {name!r}; use single, vild or imagenet, or templates "
+                              "holding '{}' where the class name goes")
     else:
-        raise ValueError(f"unknown template set {name!r}; use single, vild or imagenet")
+        out = [name] if isinstance(name, str) else list(name) if isinstance(name, Iterable) else None
+        if not out or not all(isinstance(t, str) for t in out):
+            raise VocabularyError(f"templates must be a set name or a non-empty list of strings, got {name!r:.80}")
     for t in out:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must hold exactly one '{{}}'")
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
+        except ValueError:    # a lone '{' or '}'
+            fields = []
+        ok = fields == [("", "", None)]
+        if not ok:
+            raise VocabularyError(f"template {t!r:.80} must hold '{{}}' exactly once (where the class name goes) "
+                                  "and no other '{...}'")
     return out
+
+
+def template_key(name: str | Sequence[str]) -> str | tuple[str, ...]:
+    """A hashable key of a template set: its name, or the tuple of its (checked) templates."""
+    return name if isinstance(name, str) and name in TEMPLATE_SETS else tuple(templates(name))
 
 
 TEMPLATE_SETS = ("single", "vild", "imagenet")

@@ -2,7 +2,8 @@
 
 A vocabulary string uses ``;`` between classes and ``,`` between synonyms of one
 class: ``"road; car, truck; person"`` has three classes, the second one scored as
-the max over "car" and "truck"; ``\\,`` keeps a comma inside one name
+the max over "car" and "truck" (a synonym repeated within its class is kept once, as
+FC-CLIP's own ADE-150 list repeats "kitchen range"; a name in two classes is an error); ``\\,`` keeps a comma inside one name
 (``"road\\, route"`` is the single prompt "road, route", as SAN uses). A file holds one class per line (synonyms
 comma-separated, an optional ``id:`` prefix as in FC-CLIP's files is dropped).
 A benchmark name (``ade150``, ``voc20``, ...) loads the class-name file shipped
@@ -22,6 +23,7 @@ import torch
 from .errors import VocabularyError
 
 MAX_NAME_CHARS = 200
+MAX_CLASSES = 65536     # label maps are written as 16-bit PNGs
 
 
 @dataclass(frozen=True)
@@ -41,24 +43,35 @@ class Vocabulary:
     def __post_init__(self):
         if not self.classes:
             raise VocabularyError("the vocabulary is empty: give at least one class name")
+        if len(self.classes) > MAX_CLASSES:
+            raise VocabularyError(f"the vocabulary has {len(self.classes)} classes; at most {MAX_CLASSES} "
+                                  "(label maps are 16-bit PNGs)")
         if self.things is not None and len(self.things) != len(self.classes):
             raise VocabularyError(f"{len(self.things)} thing flags for {len(self.classes)} classes")
         seen: dict[str, int] = {}
+        classes = []
         for i, syns in enumerate(self.classes):
+            if isinstance(syns, str) or not all(isinstance(s, str) for s in syns):
+                raise VocabularyError(f"class {i} must be a tuple of name strings, got {syns!r:.60}")
             if not syns:
                 raise VocabularyError(f"class {i} has no name")
+            kept = []
             for s in syns:
                 if not s:
                     raise VocabularyError(f"class {i} has an empty synonym")
+                if not any(ch.isprintable() and not ch.isspace() for ch in s):
+                    raise VocabularyError(f"class {i} has a name with nothing visible in it: {s!r}")
                 if len(s) > MAX_NAME_CHARS:
                     raise VocabularyError(
                         f"class name is {len(s)} characters long (at most {MAX_NAME_CHARS}): {s[:40]!r}...")
                 key = s.lower()
                 if key in seen and seen[key] != i:
                     raise VocabularyError(f"name {s!r} appears in classes {seen[key]} and {i}")
-                if key in seen:
-                    raise VocabularyError(f"name {s!r} is repeated within class {i}")
+                if key not in seen:   # a synonym repeated within its class is kept once (the max is the same)
+                    kept.append(s)
                 seen[key] = i
+            classes.append(tuple(kept))
+        object.__setattr__(self, "classes", tuple(classes))
 
     # --- construction -----------------------------------------------------
     @classmethod
@@ -99,7 +112,12 @@ class Vocabulary:
         p = Path(path)
         if not p.is_file():
             raise VocabularyError(f"vocabulary file not found: {p}")
-        return cls.from_lines(p.read_text(encoding="utf-8").splitlines())
+        try:   # utf-8-sig: a byte-order mark (Windows editors) is not part of the first name
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise VocabularyError(f"vocabulary file {p} is not UTF-8 text (byte {e.start} is "
+                                  f"0x{e.object[e.start]:02x}); save it as UTF-8") from None
+        return cls.from_lines(text.splitlines())
 
     @classmethod
     def from_dataset(cls, name: str, convention: str | None = None) -> "Vocabulary":

@@ -175,3 +175,83 @@ def test_eval_limit_zero_or_negative(voc, capsys, limit):
     root, _ = voc
     code, _, err = _eval(capsys, "--dataset", "voc20", "--root", str(root), "--limit", limit)
     assert code == 2 and _one_line(err) == "vocabseg eval: error: --limit must be at least 1\n"
+
+
+# --- vocabularies and templates ----------------------------------------------------------------------
+def test_synonym_repeated_within_a_class_is_kept_once():
+    """FC-CLIP's published ADE-150 list repeats "kitchen range" in one class: a class scores
+    the max over its synonyms, so the repeat changes nothing and is kept once."""
+    v = Vocabulary.parse("stove, kitchen range, Kitchen Range, cooking stove, kitchen range; cat")
+    assert v.classes == (("stove", "kitchen range", "cooking stove"), ("cat",))
+    assert v.synonym_index.tolist() == [0, 0, 0, 1]
+
+
+def test_name_in_two_classes_stays_an_error():
+    with pytest.raises(VocabularyError, match="^name 'Cat' appears in classes 0 and 2$"):
+        Vocabulary.parse("cat; dog; Cat")
+
+
+def test_vocabulary_file_with_a_byte_order_mark_and_crlf(tmp_path):
+    f = tmp_path / "classes.txt"
+    f.write_bytes("\ufeffcat, kitty\r\ndog\r\n\r\nsofa\r\n".encode("utf-8"))
+    assert Vocabulary.from_file(f).classes == (("cat", "kitty"), ("dog",), ("sofa",))
+
+
+def test_vocabulary_file_not_utf8(tmp_path):
+    f = tmp_path / "classes.txt"
+    f.write_bytes("caf\xe9\nchien\n".encode("latin-1"))
+    with pytest.raises(VocabularyError) as e:
+        Vocabulary.from_file(f)
+    assert str(e.value) == f"vocabulary file {f} is not UTF-8 text (byte 3 is 0xe9); save it as UTF-8"
+
+
+def test_vocabulary_of_100k_classes_is_refused_in_one_line():
+    text = "; ".join(f"class {i}" for i in range(100_000))
+    with pytest.raises(VocabularyError) as e:
+        Vocabulary.parse(text)
+    assert str(e.value) == "the vocabulary has 100000 classes; at most 65536 (label maps are 16-bit PNGs)"
+    assert len(Vocabulary.parse("; ".join(f"c{i}" for i in range(65536)))) == 65536
+
+
+def test_class_name_with_nothing_visible_is_refused():
+    with pytest.raises(VocabularyError, match=r"^class 1 has a name with nothing visible in it: '\\u200b'$"):
+        Vocabulary.parse("cat; \u200b; dog")
+
+
+def test_empty_pieces_between_separators_are_skipped():
+    assert Vocabulary.parse(" ; cat ,, ; ,dog,; ;\n;").classes == (("cat",), ("dog",))
+
+
+def test_class_names_with_braces_or_percent_are_encoded_literally():
+    from vocabseg.registry import get_spec
+    model = get_spec("maskclip-tiny").build()
+    enc = model.text_encoder("single")
+    names = ["{}", "%s", "{0}", "cat {x}"]
+    got = enc(Vocabulary.parse("; ".join(names)))
+    fresh = enc.plain_prompt_features([f"a photo of a {n}." for n in names], lambda n: None)
+    assert torch_allclose(got, fresh)
+
+
+def torch_allclose(a, b):
+    import torch
+    return torch.allclose(a, torch.nn.functional.normalize(b, dim=-1), atol=1e-5)
+
+
+def test_templates_as_a_list_equal_the_named_set():
+    """The docstring allows a list of templates; it used to fail with `unhashable type: 'list'`."""
+    import vocabseg
+    seg = vocabseg.load("maskclip-tiny")
+    vocab = Vocabulary.parse("cat; dog, puppy")
+    assert torch_allclose(seg.text(vocab, templates=["a photo of a {}."]), seg.text(vocab, templates="single"))
+    assert torch_allclose(seg.text(vocab, templates=("a photo of a {}.",)), seg.text(vocab, templates="single"))
+
+
+@pytest.mark.parametrize("bad", [["a photo of a cat"], ["a {} and a {}"], ["a {0}"], ["a {name} {}"], ["a {"], []])
+def test_template_without_exactly_one_placeholder_is_one_clear_error(bad):
+    import vocabseg
+    seg = vocabseg.load("maskclip-tiny")
+    with pytest.raises(VocabularyError) as e:
+        seg.text(Vocabulary.parse("cat"), templates=bad)
+    assert "\n" not in str(e.value)
+    assert (str(e.value).startswith(f"template {bad[0]!r} must hold '{{}}' exactly once") if bad
+            else str(e.value) == "templates must be a set name or a non-empty list of strings, got []")
