@@ -82,10 +82,8 @@ class Vocabulary:
         for part in parts:
             syns = tuple(_clean(s) for s in _split_synonyms(part))
             syns = tuple(s for s in syns if s)
-            if syns:
+            if syns:              # a piece with no name in it (" , ", "\r") is skipped
                 classes.append(syns)
-            elif part.strip(" ,"):
-                raise VocabularyError(f"cannot read class {part!r}")
         if not classes:
             raise VocabularyError(f"the vocabulary {text!r} has no class names (use ';' between classes)")
         return cls(tuple(classes), background)
@@ -98,7 +96,7 @@ class Vocabulary:
             if not line or line.startswith("#"):
                 continue
             head, sep, tail = line.partition(":")
-            if sep and head.strip().isdigit():
+            if sep and head.strip().isascii() and head.strip().isdigit():
                 line = tail
             syns = tuple(s for s in (_clean(x) for x in _split_synonyms(line)) if s)
             if syns:
@@ -179,7 +177,10 @@ class Vocabulary:
         return torch.tensor([i for i, c in enumerate(self.classes) for _ in c], dtype=torch.long)
 
     def to_string(self) -> str:
-        return "; ".join(", ".join(s.replace(",", "\\,") for s in c) for c in self.classes)
+        """The ``parse`` form: ``,`` in a name escaped; a name ending in a backslash gets a
+        space before the next comma (else that comma would read as escaped)."""
+        return "; ".join(", ".join(s.replace(",", "\\,") + (" " if s.endswith("\\") else "") for s in c)
+                         for c in self.classes)
 
 
 def _split_synonyms(text: str) -> list[str]:

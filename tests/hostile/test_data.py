@@ -255,3 +255,63 @@ def test_template_without_exactly_one_placeholder_is_one_clear_error(bad):
     assert "\n" not in str(e.value)
     assert (str(e.value).startswith(f"template {bad[0]!r} must hold '{{}}' exactly once") if bad
             else str(e.value) == "templates must be a set name or a non-empty list of strings, got []")
+
+
+# --- property-based: the vocabulary parser ------------------------------------------------------------
+import re  # noqa: E402
+
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
+
+from vocabseg.vocab import MAX_NAME_CHARS  # noqa: E402
+
+_PIECE = st.text(st.characters(exclude_categories=("Cs",)), max_size=6)
+_SEP = st.sampled_from([";", ",", "\n", "\r\n", "\r", " ", "  ", "\t", "\\,", "\\", "\ufeff", "#", "3:", ":"])
+_TEXT = st.lists(st.one_of(_PIECE, _SEP, st.sampled_from(["cat", "Cat", "dog", "x" * 201])), max_size=14).map("".join)
+_FEW = settings(max_examples=150, deadline=None)
+
+
+def _names(piece: str) -> list[str]:
+    """Synonyms of one class written independently of vocab.py: split at commas not after a
+    backslash, unescape, collapse whitespace, drop empties and repeats (case-insensitive)."""
+    out = []
+    for raw in re.split(r"(?<!\\),", piece):
+        name = " ".join(raw.replace("\\,", ",").split())
+        if name and name.lower() not in {n.lower() for n in out}:
+            out.append(name)
+    return out
+
+
+def _refusal(classes: list[list[str]]) -> bool:
+    """Whether a parse of these classes must be refused (and never silently changed)."""
+    names = [n.lower() for c in classes for n in c]
+    return (not classes or len(set(names)) < len(names) or any(len(n) > MAX_NAME_CHARS for n in names)
+            or any(not any(ch.isprintable() and not ch.isspace() for ch in n) for n in names))
+
+
+def _check(expected: list[list[str]], make):
+    try:
+        v = make()
+    except VocabularyError as e:
+        assert "\n" not in str(e) and _refusal(expected), (str(e), expected)
+        return None
+    assert not _refusal(expected) and [list(c) for c in v.classes] == expected
+    return v
+
+
+@_FEW
+@given(_TEXT)
+@example("a\\ , b")       # a name ending in a backslash before a comma: to_string used to glue the two
+def test_parse_any_text_is_the_independent_split_or_one_line_refusal(text):
+    v = _check([c for c in (_names(p) for p in re.split(r"[;\n]", text)) if c], lambda: Vocabulary.parse(text))
+    if v is not None:       # formatting then re-parsing gives the same vocabulary
+        assert Vocabulary.parse(v.to_string()).classes == v.classes
+
+
+@_FEW
+@given(_TEXT)
+def test_from_file_any_text_is_the_independent_split_or_one_line_refusal(tmp_path_factory, text):
+    f = tmp_path_factory.mktemp("vocab") / "classes.txt"
+    f.write_bytes(text.encode("utf-8"))
+    lines = [ln.strip() for ln in text.removeprefix("\ufeff").splitlines()]
+    lines = [re.sub(r"^[0-9]+\s*:", "", ln) for ln in lines if ln and not ln.startswith("#")]
+    _check([c for c in (_names(ln) for ln in lines) if c], lambda: Vocabulary.from_file(f))
