@@ -315,3 +315,51 @@ def test_from_file_any_text_is_the_independent_split_or_one_line_refusal(tmp_pat
     lines = [ln.strip() for ln in text.removeprefix("\ufeff").splitlines()]
     lines = [re.sub(r"^[0-9]+\s*:", "", ln) for ln in lines if ln and not ln.startswith("#")]
     _check([c for c in (_names(ln) for ln in lines) if c], lambda: Vocabulary.from_file(f))
+
+
+# --- training-free whole-image mode: the references' forward_feature(img, ori_shape) -----------------
+TF_METHODS = ("maskclip", "sclip", "clearclip", "naclip")
+
+
+def _whole_model(method):
+    import torch
+    from vocabseg.methods.trainingfree.presets import build
+    from vocabseg.methods.trainingfree.settings import TINY
+    torch.manual_seed(0)
+    return build(method, clip_arch="tiny-vit", clip_weights=None, **{**TINY, "mode": "whole"})
+
+
+@pytest.mark.parametrize("method", TF_METHODS)
+def test_whole_image_mode_resizes_once_and_does_not_pad(method):
+    """Published whole path: the resized image, unpadded (the patch grid floors), its grid
+    cosines resized once to the original size. vocabseg used to pad (ClearCLIP / MaskCLIP)
+    and resize twice (grid -> resized image -> original)."""
+    import torch
+    import torch.nn.functional as F
+    from vocabseg.engine.inference.image import infer
+    from vocabseg.protocol import preprocess
+    model = _whole_model(method)
+    vocab = Vocabulary.parse("cat; dog, puppy; sky")
+    text = F.normalize(torch.randn(len(vocab.prompts), 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+    image = torch.rand(3, 75, 130)                  # resized to 64 x 111: not a patch multiple
+    x = preprocess(image, model.protocol)
+    assert tuple(x.shape[-2:]) == (64, 111)
+    with torch.no_grad():
+        tokens, grid = model.dense_tokens(x)           # no padding: a 4 x 6 grid
+        cos = torch.einsum("bnd,sd->bsn", F.normalize(tokens[:, 1:], dim=-1), text).reshape(1, -1, *grid)
+        expected = model.finalize(F.interpolate(cos, size=(75, 130), mode="bilinear", align_corners=False), vocab)[0]
+    assert grid == (4, 6)
+    torch.testing.assert_close(infer(model, image, text, vocab), expected, atol=1e-6, rtol=0)
+
+
+def test_whole_image_mode_batched_equals_one_by_one():
+    import torch
+    import torch.nn.functional as F
+    from vocabseg.engine.inference.batched import infer_batch
+    from vocabseg.engine.inference.image import infer
+    model = _whole_model("clearclip")
+    vocab = Vocabulary.parse("cat; dog")
+    text = F.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(2)), dim=-1)
+    images = [torch.rand(3, 75, 130), torch.rand(3, 75, 130), torch.rand(3, 64, 64)]
+    for got, image in zip(infer_batch(model, images, text, vocab, max_crops=2), images):
+        torch.testing.assert_close(got, infer(model, image, text, vocab), atol=1e-6, rtol=0)

@@ -35,8 +35,11 @@ Windows are not padded by the engine: SCLIP / NACLIP drop the pixels past the
 last whole patch (the patch convolution floors) and stretch the map back over
 the window; ClearCLIP (and MaskCLIP, whose runnable reference is ClearCLIP's
 code) pads the window centred to a patch multiple and crops the map. Only
-windows that are not patch multiples see the difference. Published per-benchmark settings are in ``maskclip_settings``
-(``model.set_dataset(name)``).
+windows that are not patch multiples see the difference. In ``whole`` mode (the model's own
+``protocol.mode``, as the references' ``slide_crop = 0``) every method follows the references'
+whole-image path: the resized image is encoded unpadded (the patch grid floors) and the cosine
+map is resized once, from the patch grid straight to the original image size. Published
+per-benchmark settings are in ``settings.py`` (``model.set_dataset(name)``).
 """
 from __future__ import annotations
 
@@ -93,6 +96,7 @@ class DenseFeatures:
     size: tuple[int, int]           # (H, W) of the window given to encode_image
     padded: tuple[int, int]         # (H', W') after centred padding (== size when not padded)
     offset: tuple[int, int]         # (top, left) of the window inside the padded input
+    whole: bool = False             # a whole-image pass: ``classify_at`` resizes grid -> image once
 
 
 class TrainingFreeCLIP(SegModel):
@@ -162,7 +166,8 @@ class TrainingFreeCLIP(SegModel):
     def encode_image(self, images: torch.Tensor) -> DenseFeatures:
         h, w = images.shape[-2:]
         top = left = 0
-        if self.padding == "center":   # ClearCLIP's compute_padsize: centred, zeros (the mean colour)
+        whole = self.protocol.mode == "whole"
+        if self.padding == "center" and not whole:   # ClearCLIP's compute_padsize: centred, zeros
             p = self.vit.patch_size
             ph, pw = (p - h % p) % p, (p - w % p) % p
             top, left = ph // 2, pw // 2
@@ -170,17 +175,24 @@ class TrainingFreeCLIP(SegModel):
         tokens, grid = self.dense_tokens(images)
         feats = F.normalize(tokens[:, 1:], dim=-1)
         feats = feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], *grid)
-        return DenseFeatures(feats, (h, w), tuple(images.shape[-2:]), (top, left))
+        return DenseFeatures(feats, (h, w), tuple(images.shape[-2:]), (top, left), whole)
 
     def classify(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, S, H, W] cosine similarity of each pixel with each synonym's text
         embedding (S = len(vocab.prompts)), resized bilinearly to the window."""
-        if text.shape[0] != len(vocab.prompts):
-            raise ValueError(f"text has {text.shape[0]} rows, the vocabulary {len(vocab.prompts)} synonyms")
-        cos = torch.einsum("bdhw,sd->bshw", features.features, text.to(features.features))
-        cos = F.interpolate(cos, size=features.padded, mode="bilinear", align_corners=False)
+        cos = F.interpolate(_cosines(features, text, vocab), size=features.padded, mode="bilinear", align_corners=False)
         (t, l), (h, w) = features.offset, features.size
         return cos[..., t:t + h, l:l + w]
+
+    def classify_at(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary,
+                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """A whole-image pass: the references' ``forward_feature(img, ori_shape)``, the [B, S, h, w]
+        grid cosines resized bilinearly straight to ``size`` (one resize, no padding). A single
+        sliding window covering the image keeps the window path (``classify``, then resize)."""
+        if not features.whole:
+            return super().classify_at(features, text, vocab, crop, size)
+        return F.interpolate(_cosines(features, text, vocab), size=tuple(size or features.size), mode="bilinear",
+                             align_corners=False)
 
     def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, S, H, W] cosines -> [B, C, H, W] class probabilities (max over
@@ -202,6 +214,13 @@ class TrainingFreeCLIP(SegModel):
         low = probs.max(1).values < self.prob_thd
         probs[:, bg] = torch.where(low, torch.ones_like(probs[:, bg]), probs[:, bg])
         return probs
+
+
+def _cosines(features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """[B, S, h, w] cosine of each patch with each synonym's text embedding."""
+    if text.shape[0] != len(vocab.prompts):
+        raise ValueError(f"text has {text.shape[0]} rows, the vocabulary {len(vocab.prompts)} synonyms")
+    return torch.einsum("bdhw,sd->bshw", features.features, text.to(features.features))
 
 
 def _check_vit(clip: nn.Module) -> None:
