@@ -11,6 +11,7 @@ CONVENTIONS = {
                "ade-panoptic", "cityscapes"],
     "san": ["voc20", "pc59", "pc459", "ade150", "ade847", "coco-stuff"],
     "tf": ["voc20", "voc21", "pc59", "pc60", "coco-object", "coco-stuff", "cityscapes", "ade150"],
+    "clearclip": ["voc20", "voc21", "pc59", "pc60", "coco-object", "coco-stuff", "cityscapes", "ade150"],
 }
 BACKGROUND = {"voc21", "pc60", "coco-object"}
 

@@ -24,6 +24,9 @@ from .errors import VocabularyError
 
 MAX_NAME_CHARS = 200
 MAX_CLASSES = 65536     # label maps are written as 16-bit PNGs
+# A convention that ships files only where its lists differ reads another's elsewhere:
+# ClearCLIP's cls_*.txt equal SCLIP's ("tf") except VOC-21, VOC-20 and COCO-Object.
+CONVENTION_FALLBACK = {"clearclip": "tf"}
 
 
 @dataclass(frozen=True)
@@ -121,14 +124,16 @@ class Vocabulary:
     def from_dataset(cls, name: str, convention: str | None = None) -> "Vocabulary":
         """A benchmark's class names, e.g. ``ade150`` or ``ade150:fcclip``.
 
-        Conventions are files ``data/vocab/<name>[.<convention>].txt``; a file's
-        first line may be ``#background <index>`` to mark a background class.
+        Conventions are files ``data/vocab/<name>[.<convention>].txt`` (else the file of
+        ``CONVENTION_FALLBACK[convention]``); a file's first line may be ``#background <index>``
+        to mark a background class.
         """
         if ":" in name and convention is None:
             name, convention = name.split(":", 1)
-        fname = f"{name}.{convention}.txt" if convention else f"{name}.txt"
         root = resources.files("vocabseg") / "data" / "vocab"
-        f = root / fname
+        f = root / (f"{name}.{convention}.txt" if convention else f"{name}.txt")
+        if not f.is_file() and convention in CONVENTION_FALLBACK:
+            f = root / f"{name}.{CONVENTION_FALLBACK[convention]}.txt"
         if not f.is_file():
             known = sorted({x.name.split(".")[0] for x in root.iterdir() if x.name.endswith(".txt")})
             raise VocabularyError(f"unknown dataset vocabulary {name!r}"

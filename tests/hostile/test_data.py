@@ -363,3 +363,40 @@ def test_whole_image_mode_batched_equals_one_by_one():
     images = [torch.rand(3, 75, 130), torch.rand(3, 75, 130), torch.rand(3, 64, 64)]
     for got, image in zip(infer_batch(model, images, text, vocab, max_crops=2), images):
         torch.testing.assert_close(got, infer(model, image, text, vocab), atol=1e-6, rtol=0)
+
+
+# --- ClearCLIP's own class lists ------------------------------------------------------------------
+CLEARCLIP_VOC20 = ["aeroplane", "bicycle", "bird", "ship", "bottle", "bus", "car", "cat", "chair", "cow", "table",
+                   "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+
+
+def test_clearclip_uses_its_published_voc_and_coco_object_lists(tmp_path):
+    """mc-lan/ClearCLIP configs/cls_voc21.txt: "background", single "person", "tvmonitor" —
+    not SCLIP's lists (stuff words for background, seven person synonyms, five for the monitor)."""
+    from vocabseg.engine.evaluation.evaluate import dataset_vocabulary, model_convention
+    from vocabseg.registry import get_spec
+    write_benchmark("voc21", tmp_path, num_images=1)
+    write_benchmark("coco-object", tmp_path, num_images=1)
+    write_benchmark("pc59", tmp_path, num_images=1)
+    clear, sclip = get_spec("clearclip-tiny").build(), get_spec("sclip-tiny").build()
+    voc21, used = dataset_vocabulary(get_dataset("voc21", root=tmp_path), "auto", model_convention(clear))
+    assert used == "clearclip" and voc21.background == 0
+    assert [list(c) for c in voc21.classes] == [[n] for n in ["background", *CLEARCLIP_VOC20]]
+    voc20, _ = dataset_vocabulary(get_dataset("voc20", root=tmp_path), "auto", model_convention(clear))
+    assert voc20.names == CLEARCLIP_VOC20 and voc20.prompts == CLEARCLIP_VOC20
+    obj, _ = dataset_vocabulary(get_dataset("coco-object", root=tmp_path), "auto", model_convention(clear))
+    assert obj.classes[:2] == (("background",), ("person",)) and len(obj) == 81 and obj.background == 0
+    pc59, used = dataset_vocabulary(get_dataset("pc59", root=tmp_path), "auto", model_convention(clear))
+    assert used == "clearclip" and pc59 == Vocabulary.from_dataset("pc59:tf")    # identical files: SCLIP's
+    sclip_voc21, used = dataset_vocabulary(get_dataset("voc21", root=tmp_path), "auto", model_convention(sclip))
+    assert used == "tf" and sclip_voc21.classes[0][:2] == ("sky", "wall")
+
+
+def test_eval_clearclip_reports_its_own_class_names(tmp_path, capsys):
+    write_benchmark("voc21", tmp_path / "ds", num_images=2)
+    code, _, err = _eval(capsys, "--dataset", "voc21", "--root", str(tmp_path / "ds"), "--out", str(tmp_path),
+                         model="clearclip-tiny")
+    assert code == 0, err
+    result = json.loads((tmp_path / "eval_clearclip-tiny_voc21.json").read_text())
+    assert result["vocabulary"] == "clearclip"
+    assert list(result["per_class_iou"]) == ["background", *CLEARCLIP_VOC20]

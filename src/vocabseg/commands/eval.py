@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                      "(default: the model's published set)")
     p.add_argument("--vocab-convention", default="auto",
                    help="class names: auto (the model family's published list: san, fcclip, tf; default "
-                        "names otherwise), default, fcclip, san or tf")
+                        "names otherwise), default, fcclip, san, tf or clearclip")
     p.add_argument("--out", default=None, metavar="DIR", help="write eval_<model>_<dataset>.json here")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (quick runs)")
     p.add_argument("--batch-size", type=int, default=4,

@@ -92,19 +92,19 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
         s: _sem("VOC2012/JPEGImages", f"VOC2012/annotations_detectron2/{s}", shared_images=True,
                 list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt", list_required=False)
         for s in ("train", "val")},
-        "voc", _VOC, conventions=("fcclip", "san", "tf"),
+        "voc", _VOC, conventions=("fcclip", "san", "tf", "clearclip"),
         notes="background -> 255, class ids - 1"),
     Benchmark("voc21", SEMANTIC, 21, 255, {
         s: _sem("VOC2012/JPEGImages", "VOC2012/SegmentationClass",
                 list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt", shared_images=True)
         for s in ("train", "val")},
-        "voc", _VOC, background=0, conventions=("fcclip", "tf"), notes="raw SegmentationClass"),
+        "voc", _VOC, background=0, conventions=("fcclip", "tf", "clearclip"), notes="raw SegmentationClass"),
     Benchmark("pc59", SEMANTIC, 59, 255, {
         s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
-        "pcontext", _PC, conventions=("fcclip", "san", "tf")),
+        "pcontext", _PC, conventions=("fcclip", "san", "tf", "clearclip")),
     Benchmark("pc60", SEMANTIC, 60, 255, {
         s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
-        "pcontext", _PC, background=0, label_map="pc60", conventions=("tf",),
+        "pcontext", _PC, background=0, label_map="pc60", conventions=("tf", "clearclip"),
         notes="pc59 labels read with background (255) as class 0"),
     Benchmark("pc459", SEMANTIC, 459, 65535, {
         s: _sem(f"pcontext_full/{s}/image", f"pcontext_full/{s}/label", label_suffix=".tif")
@@ -113,7 +113,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("ade150", SEMANTIC, 150, 255, {
         s: _sem(f"ADEChallengeData2016/images/{d}", f"ADEChallengeData2016/annotations_detectron2/{d}")
         for s, d in (("train", "training"), ("val", "validation"))},
-        "ade20k", _ADE, conventions=("fcclip", "san", "tf"), notes="raw - 1, 0 -> 255"),
+        "ade20k", _ADE, conventions=("fcclip", "san", "tf", "clearclip"), notes="raw - 1, 0 -> 255"),
     Benchmark("ade847", SEMANTIC, 847, 65535, {
         s: _sem(f"ADE20K_2021_17_01/images_detectron2/{d}", f"ADE20K_2021_17_01/annotations_detectron2/{d}",
                 label_suffix=".tif") for s, d in (("train", "training"), ("val", "validation"))},
@@ -121,16 +121,16 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("coco-stuff", SEMANTIC, 171, 255, {
         s: _sem(f"coco/{s}2017", f"coco/stuffthingmaps_detectron2/{s}2017") for s in ("train", "val")},
         "coco-stuff", _COCO + " and stuffthingmaps_trainval2017.zip extracted to stuffthingmaps/",
-        conventions=("fcclip", "san", "tf"), notes="182 -> 171 ids"),
+        conventions=("fcclip", "san", "tf", "clearclip"), notes="182 -> 171 ids"),
     Benchmark("coco-object", SEMANTIC, 81, 255, {
         s: _sem(f"coco/{s}2017", f"coco/object_detectron2/{s}2017") for s in ("train", "val")},
         "coco-object", _COCO + " and annotations/instances_{train,val}2017.json",
-        background=0, conventions=("tf",), notes="80 things from the instances JSON + background 0"),
+        background=0, conventions=("tf", "clearclip"), notes="80 things from the instances JSON + background 0"),
     Benchmark("cityscapes", SEMANTIC, 19, 255, {
         s: _sem(f"cityscapes/leftImg8bit/{s}", f"cityscapes/gtFine/{s}", image_suffix="_leftImg8bit.png",
                 label_suffix="_gtFine_labelTrainIds.png", recursive=True) for s in ("train", "val")},
         "cityscapes", "cityscapes folder holding leftImg8bit/ and gtFine/ (with *_labelIds.png)",
-        conventions=("fcclip", "tf")),
+        conventions=("fcclip", "tf", "clearclip")),
     Benchmark("coco-panoptic", PANOPTIC, 133, 255, {
         s: Split(f"coco/{s}2017", f"coco/panoptic_{s}2017", json=f"coco/annotations/panoptic_{s}2017.json")
         for s in ("train", "val")},

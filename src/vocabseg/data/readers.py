@@ -66,7 +66,7 @@ class _Base:
         self.thing_ids: list[int] | None = None
 
     def vocabulary_for(self, convention: str | None = None) -> Vocabulary:
-        """The class names in a published convention ("fcclip", "san", "tf"), or the default."""
+        """The class names in a published convention ("fcclip", "san", "tf", "clearclip"), or the default."""
         return Vocabulary.from_dataset(self.name, convention)
 
     def _read(self, reader, path: Path, what: str):

@@ -27,8 +27,10 @@ def build(method: str, clip_arch: str = "ViT-B-16", clip_weights: str | None = "
     return model
 
 
-# A weights file is CLIP weights (no converter); the published protocol names classes as the SCLIP family does.
-FACTS = dict(family="maskclip", convention="tf", needs_clip=True)
+# A weights file is CLIP weights (no converter); the published protocol names classes as the SCLIP family does,
+# ClearCLIP with its own lists where they differ (VOC-21, VOC-20, COCO-Object: data/vocab/*.clearclip.txt).
+FACTS = dict(family="maskclip", needs_clip=True)
+CONVENTIONS = {"maskclip": "tf", "sclip": "tf", "clearclip": "clearclip", "naclip": "tf"}
 TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
 PRESETS = {}
 for _m, _title in TITLES.items():
@@ -36,7 +38,8 @@ for _m, _title in TITLES.items():
         f"{_m}-vit-b16", build=preset(f"{_m}-vit-b16", build, method=_m),
         description=f"{_title} (training-free) on CLIP ViT-B/16 (OpenAI); any open_clip ViT via "
                     "clip_arch=, clip_weights=",
-        clip=("ViT-B-16", "openai"), published=dict(PUBLISHED[_m]), **FACTS)
+        clip=("ViT-B-16", "openai"), published=dict(PUBLISHED[_m]), convention=CONVENTIONS[_m], **FACTS)
     PRESETS[f"{_m}-tiny"] = ModelSpec(
         f"{_m}-tiny", build=preset(f"{_m}-tiny", build, method=_m, clip_arch="tiny-vit", clip_weights=None, **TINY),
-        description=f"tiny random {_title} for tests", clip=("tiny-vit", None), test_only=True, **FACTS)
+        description=f"tiny random {_title} for tests", clip=("tiny-vit", None), test_only=True,
+        convention=CONVENTIONS[_m], **FACTS)
