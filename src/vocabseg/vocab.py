@@ -152,6 +152,10 @@ class Vocabulary:
         if isinstance(spec, Vocabulary):
             return spec
         if isinstance(spec, (list, tuple)):
+            bad = next((x for x in spec if not isinstance(x, str)), None)
+            if bad is not None or not spec:
+                raise VocabularyError(f"a vocabulary list holds class-name strings, got {bad!r:.40}" if spec
+                                      else "the vocabulary is empty: give at least one class name")
             return cls.parse(";".join(spec))
         if not isinstance(spec, str):
             raise VocabularyError(f"cannot make a vocabulary from {type(spec).__name__}")

@@ -400,3 +400,32 @@ def test_eval_clearclip_reports_its_own_class_names(tmp_path, capsys):
     result = json.loads((tmp_path / "eval_clearclip-tiny_voc21.json").read_text())
     assert result["vocabulary"] == "clearclip"
     assert list(result["per_class_iou"]) == ["background", *CLEARCLIP_VOC20]
+
+
+# --- more careless inputs ----------------------------------------------------------------------------
+def test_eval_negative_workers_is_refused_before_the_model_loads(voc, capsys):
+    root, _ = voc
+    code, _, err = _eval(capsys, "--dataset", "voc20", "--root", str(root), "--workers", "-1", model="no-such-model")
+    assert code == 2 and _one_line(err) == "vocabseg eval: error: --workers must be 0 (load in this process) or more\n"
+
+
+def test_eval_unknown_split(voc, capsys):
+    root, _ = voc
+    code, _, err = _eval(capsys, "--dataset", "voc20", "--root", str(root), "--split", "test", model="no-such-model")
+    assert code == 2 and _one_line(err) == "vocabseg eval: error: dataset 'voc20' has splits train, val, not 'test'\n"
+
+
+def test_eval_rgb_label_png_names_the_file(voc, capsys):
+    root, stems = voc
+    path = root / VOC20_LABELS / f"{stems[0]}.png"
+    Image.open(path).convert("RGB").save(path)            # colour-coded labels saved as RGB
+    code, _, err = _eval(capsys, "--dataset", "voc20", "--root", str(root))
+    assert code == 2 and _one_line(err).startswith(f"vocabseg eval: error: {path}: cannot read this voc20 label (")
+    assert "expected a single-channel label image, got mode RGB" in err
+
+
+def test_vocabulary_list_with_a_non_string_is_one_clear_error():
+    with pytest.raises(VocabularyError, match=r"^a vocabulary list holds class-name strings, got 3$"):
+        Vocabulary.resolve(["cat", 3])
+    with pytest.raises(VocabularyError, match="^the vocabulary is empty"):
+        Vocabulary.resolve([])

@@ -75,6 +75,8 @@ def run(args) -> int:
         raise UserError("--limit must be at least 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.workers < 0:
+        raise UserError("--workers must be 0 (load in this process) or more")
     if args.templates is not None and args.templates not in TEMPLATE_SETS:
         raise UserError(f"unknown template set {args.templates!r}; use {', '.join(TEMPLATE_SETS)}")
     convention = None if args.vocab_convention == "default" else args.vocab_convention
