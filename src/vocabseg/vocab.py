@@ -130,12 +130,9 @@ class Vocabulary:
         """
         if ":" in name and convention is None:
             name, convention = name.split(":", 1)
-        root = resources.files("vocabseg") / "data" / "vocab"
-        f = root / (f"{name}.{convention}.txt" if convention else f"{name}.txt")
-        if not f.is_file() and convention in CONVENTION_FALLBACK:
-            f = root / f"{name}.{CONVENTION_FALLBACK[convention]}.txt"
-        if not f.is_file():
-            known = sorted({x.name.split(".")[0] for x in root.iterdir() if x.name.endswith(".txt")})
+        f = _shipped_file(name, convention)
+        if f is None:
+            known = sorted({x.name.split(".")[0] for x in _vocab_dir().iterdir() if x.name.endswith(".txt")})
             raise VocabularyError(f"unknown dataset vocabulary {name!r}"
                                   + (f" (convention {convention!r})" if convention else "")
                                   + f"; known: {', '.join(known)}")
@@ -161,8 +158,7 @@ class Vocabulary:
             raise VocabularyError(f"cannot make a vocabulary from {type(spec).__name__}")
         if ";" not in spec and "," not in spec and os.path.isfile(spec):
             return cls.from_file(spec)
-        if ";" not in spec and "," not in spec and (resources.files("vocabseg") / "data" / "vocab"
-                                                     / f"{spec.split(':')[0]}.txt").is_file():
+        if ";" not in spec and "," not in spec and _shipped_file(spec.split(":")[0], None) is not None:
             return cls.from_dataset(spec)
         return cls.parse(spec)
 
@@ -190,6 +186,20 @@ class Vocabulary:
         space before the next comma (else that comma would read as escaped)."""
         return "; ".join(", ".join(s.replace(",", "\\,") + (" " if s.endswith("\\") else "") for s in c)
                          for c in self.classes)
+
+
+def _vocab_dir():
+    return resources.files("vocabseg") / "data" / "vocab"
+
+
+def _shipped_file(name: str, convention: str | None):
+    """The class-name file shipped for benchmark ``name`` in ``convention`` (or its fallback),
+    or None. Names are plain words: a path ("../x") never reaches the file system."""
+    if not re.fullmatch(r"[a-z0-9-]+", str(name)) or not re.fullmatch(r"[a-z0-9-]*", str(convention or "")):
+        return None
+    files = [f"{name}.{c}.txt" for c in (convention, CONVENTION_FALLBACK.get(convention)) if c] if convention \
+        else [f"{name}.txt"]
+    return next((f for f in (_vocab_dir() / n for n in files) if f.is_file()), None)
 
 
 def _split_synonyms(text: str) -> list[str]:

@@ -429,3 +429,15 @@ def test_vocabulary_list_with_a_non_string_is_one_clear_error():
         Vocabulary.resolve(["cat", 3])
     with pytest.raises(VocabularyError, match="^the vocabulary is empty"):
         Vocabulary.resolve([])
+
+
+def test_dataset_vocabulary_name_cannot_reach_other_files(tmp_path):
+    """`--dataset-vocab`, `Vocabulary.from_dataset` and the demo's benchmark list take a
+    benchmark name: a path such as ../../x.txt used to read any .txt file on the machine."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret\n")
+    traversal = "../" * 30 + str(secret)[1:-4]
+    for name in (traversal, f"voc21:{traversal}"):
+        with pytest.raises(VocabularyError, match="^unknown dataset vocabulary"):
+            Vocabulary.from_dataset(name)
+    assert Vocabulary.resolve(traversal).names == [traversal]      # read as one typed class name, not a file
