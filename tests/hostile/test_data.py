@@ -441,3 +441,27 @@ def test_dataset_vocabulary_name_cannot_reach_other_files(tmp_path):
         with pytest.raises(VocabularyError, match="^unknown dataset vocabulary"):
             Vocabulary.from_dataset(name)
     assert Vocabulary.resolve(traversal).names == [traversal]      # read as one typed class name, not a file
+
+
+def test_prepare_root_that_is_a_file(tmp_path, capsys):
+    from vocabseg.testing import write_raw
+    write_raw("voc", tmp_path / "raw")
+    f = tmp_path / "datasets.txt"
+    f.write_text("x")
+    code = cli_main(["prepare", "voc", str(tmp_path / "raw"), "--root", str(f)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"vocabseg prepare: error: the datasets root {f} is a file, not a folder\n"
+    assert f.read_text() == "x"
+
+
+def test_prepare_over_a_file_where_a_folder_goes(tmp_path, capsys):
+    from vocabseg.testing import write_raw
+    write_raw("voc", tmp_path / "raw")
+    blocker = tmp_path / "ds/VOC2012/JPEGImages"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("mine")
+    code = cli_main(["prepare", "voc", str(tmp_path / "raw"), "--root", str(tmp_path / "ds")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"vocabseg prepare: error: {blocker} exists and is not a folder: "
+                                 "move it away and prepare again\n")
+    assert blocker.read_text() == "mine"

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import idmaps
-from .benchmarks import datasets_root
+from .benchmarks import DatasetError, datasets_root
 from .prepare_coco import prepare_coco_object, prepare_coco_panoptic, prepare_coco_stuff
 from .prepare_common import Progress, link_dir, link_file, lookup, pending, read_array, require, save_array, track
 
@@ -234,7 +234,9 @@ def prepare(kind: str, src: str | os.PathLike, root: str | os.PathLike | None = 
     table = converters()
     if kind not in table:
         raise KeyError(f"unknown dataset kind {kind!r}; known: {', '.join(table)}")
-    src = Path(src)
+    src, root = Path(src), datasets_root(root)
     if not src.is_dir():
         raise FileNotFoundError(f"SRC {src} is not a folder")
-    return table[kind](src, datasets_root(root), **options)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"the datasets root {root} is a file, not a folder")
+    return table[kind](src, root, **options)

@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..files import atomic_write
+from .benchmarks import DatasetError
 
 
 class Progress:
@@ -45,7 +46,7 @@ def link_dir(src: Path, dst: Path) -> None:
     """Make ``dst`` show the folder ``src`` (a symlink), unless ``dst`` already exists."""
     if dst.exists() or dst.is_symlink():
         if not dst.is_dir():
-            raise FileExistsError(f"{dst} exists and is not a folder")
+            raise DatasetError(f"{dst} exists and is not a folder: move it away and prepare again")
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(src.resolve(), dst, target_is_directory=True)
