@@ -465,3 +465,33 @@ def test_prepare_over_a_file_where_a_folder_goes(tmp_path, capsys):
     assert code == 2 and err == (f"vocabseg prepare: error: {blocker} exists and is not a folder: "
                                  "move it away and prepare again\n")
     assert blocker.read_text() == "mine"
+
+
+def test_panoptic_split_with_a_png_missing_is_named(tmp_path):
+    write_benchmark("coco-panoptic", tmp_path, num_images=3)
+    ds = get_dataset("coco-panoptic", root=tmp_path)
+    gone = ds.files[1][1]
+    gone.unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        get_dataset("coco-panoptic", root=tmp_path)
+    assert f"1 of its 3 images lacks a file (1 missing: {gone.relative_to(tmp_path)})" in str(e.value)
+    partial = get_dataset("coco-panoptic", root=tmp_path, allow_missing=True)
+    assert (len(partial), partial.skipped) == (2, 1)
+    assert [a["file_name"] for a in partial.annotations] == [b.name for _, b in partial.files]
+
+
+def test_eval_garbage_panoptic_json(tmp_path, capsys):
+    write_benchmark("coco-panoptic", tmp_path, num_images=1)
+    js = tmp_path / "coco/annotations/panoptic_val2017.json"
+    js.write_text("{not json")
+    code, _, err = _eval(capsys, "--dataset", "coco-panoptic", "--root", str(tmp_path), model="no-such-model")
+    assert code == 2 and _one_line(err).startswith(
+        f"vocabseg eval: error: {js}: not a COCO-panoptic JSON file (JSONDecodeError: Expecting property name")
+
+
+def test_eval_split_list_that_is_not_text(voc, capsys):
+    root, _ = voc
+    lst = root / "VOC2012/ImageSets/Segmentation/val.txt"
+    lst.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = _eval(capsys, "--dataset", "voc21", "--root", str(root), model="no-such-model")
+    assert code == 2 and _one_line(err).startswith(f"vocabseg eval: error: {lst}: cannot read this voc21 split list (")

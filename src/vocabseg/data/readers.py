@@ -79,6 +79,18 @@ class _Base:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DatasetError(f"{path}: cannot read this {self.name} {what} ({reason})") from None
 
+    def _complete(self, pairs: list, allow_missing: bool) -> list[tuple[Path, Path]]:
+        """``pairs`` [((image, on disk), (label, on disk))] -> the complete (image, label) pairs.
+        Sets ``missing`` (paths not on disk) and ``skipped`` (items left out); a missing file
+        is an ``IncompleteDataset`` error unless ``allow_missing`` (and something is left)."""
+        files = [(a, b) for (a, ha), (b, hb) in pairs if ha and hb]
+        self.missing: list[Path] = [p for pair in pairs for p, have in pair if not have]
+        self.skipped = len(pairs) - len(files)
+        if self.skipped and not (allow_missing and files):
+            raise IncompleteDataset(incomplete_message(self.bench, self.split, self.root, self.missing, len(pairs),
+                                                       len(files)))
+        return files
+
     def _require(self, *paths: Path) -> None:
         missing = [p for p in paths if not p.exists()]
         if missing:
@@ -101,23 +113,15 @@ class SemanticDataset(_Base):
         self._require(img_dir, lab_dir, *([listed] if listed and s.list_required else []))
         images, labels = _stems(img_dir, s.image_suffix, s.recursive), _stems(lab_dir, s.label_suffix, s.recursive)
         if listed and listed.is_file():
-            stems = [x.strip() for x in listed.read_text().splitlines() if x.strip()]
+            text = self._read(lambda p: p.read_text(encoding="utf-8"), listed, "split list")
+            stems = [x.strip() for x in text.splitlines() if x.strip()]
         else:
             stems = sorted(labels.keys() | (set() if s.shared_images else images.keys()))
         if not stems:
             raise FileNotFoundError(missing_message(bench, split, self.root, [lab_dir / f"*{s.label_suffix}"]))
-        self.files: list[tuple[Path, Path]] = []
-        self.missing: list[Path] = []       # files of the split that are not on disk
-        for t in stems:
-            pair = (img_dir / f"{t}{s.image_suffix}", lab_dir / f"{t}{s.label_suffix}")
-            absent = [p for p, have in zip(pair, (images, labels)) if t not in have]
-            self.missing += absent
-            if not absent:
-                self.files.append(pair)
-        self.skipped = len(stems) - len(self.files)   # images left out for a missing file
-        if self.skipped and not (allow_missing and self.files):
-            raise IncompleteDataset(incomplete_message(bench, split, self.root, self.missing, len(stems),
-                                                       len(self.files)))
+        pairs = [((img_dir / f"{t}{s.image_suffix}", t in images), (lab_dir / f"{t}{s.label_suffix}", t in labels))
+                 for t in stems]
+        self.files = self._complete(pairs, allow_missing)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -151,29 +155,35 @@ class SemanticDataset(_Base):
 
 class PanopticDataset(_Base):
     """COCO-panoptic-format benchmark: images, segment-id PNGs and a JSON of segments.
-    JSON category ids are mapped to contiguous ids in ascending-id order (detectron2)."""
+    JSON category ids are mapped to contiguous ids in ascending-id order (detectron2).
+    Missing files: as ``SemanticDataset``."""
 
-    def __init__(self, bench: Benchmark, split: str, root: Path):
+    def __init__(self, bench: Benchmark, split: str, root: Path, allow_missing: bool = False):
         super().__init__(bench, split, root)
         s = bench.splits[split]
         img_dir, pan_dir, js = self.root / s.images, self.root / s.labels, self.root / s.json
         self._require(img_dir, pan_dir, js)
-        data = json.loads(js.read_text())
-        cats = sorted(data["categories"], key=lambda c: c["id"])
+        try:
+            data = json.loads(js.read_text(encoding="utf-8"))
+            cats = sorted(data["categories"], key=lambda c: c["id"])
+            annotations = sorted(data["annotations"], key=lambda a: a["file_name"])
+        except (ValueError, KeyError, TypeError) as e:   # not JSON, or not COCO-panoptic JSON
+            raise DatasetError(f"{js}: not a COCO-panoptic JSON file ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:80]})") from None
         if len(cats) != self.num_classes:
-            raise ValueError(f"{js}: {len(cats)} categories, expected {self.num_classes}")
+            raise DatasetError(f"{js}: {len(cats)} categories, expected {self.num_classes}")
         self.categories = cats
         self.contiguous = {c["id"]: i for i, c in enumerate(cats)}
         self.thing_ids = [i for i, c in enumerate(cats) if c.get("isthing", 0)]
         self.stuff_ids = [i for i, c in enumerate(cats) if not c.get("isthing", 0)]
-        self.annotations = sorted(data["annotations"], key=lambda a: a["file_name"])
-        self.files = [(img_dir / (Path(a["file_name"]).stem + ".jpg"), pan_dir / a["file_name"])
-                      for a in self.annotations]
-        if not self.files:
+        if not annotations:
             raise FileNotFoundError(missing_message(bench, split, self.root, [js]))
-        absent = [p for pair in self.files[:1] for p in pair if not p.exists()]
-        if absent:
-            raise FileNotFoundError(missing_message(bench, split, self.root, absent))
+        images, pans = set(os.listdir(img_dir)), set(os.listdir(pan_dir))
+        pairs = [((img_dir / f"{Path(a['file_name']).stem}.jpg", f"{Path(a['file_name']).stem}.jpg" in images),
+                  (pan_dir / a["file_name"], a["file_name"] in pans)) for a in annotations]
+        self.files = self._complete(pairs, allow_missing)
+        kept = {b for _, b in self.files}
+        self.annotations = [a for a in annotations if pan_dir / a["file_name"] in kept]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -205,16 +215,15 @@ def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = 
     """The reader of benchmark ``name`` (a key of ``BENCHMARKS``) for ``split``
     ("val" or "train"). Raises FileNotFoundError naming the expected paths and the
     prepare command when the files are not there, ``IncompleteDataset`` when some are
-    missing (semantic benchmarks: ``allow_missing`` reads the complete pairs only)."""
+    missing (``allow_missing`` reads the complete pairs only)."""
     bench = get_benchmark(name)
     if split not in bench.splits:
         raise KeyError(f"dataset {name!r} has splits {', '.join(bench.splits)}, not {split!r}")
     root = datasets_root(root)
     if root.exists() and not root.is_dir():
         raise DatasetError(f"the datasets root {root} is a file, not a folder")
-    if bench.task == PANOPTIC:
-        return PanopticDataset(bench, split, root)
-    return SemanticDataset(bench, split, root, allow_missing)
+    cls = PanopticDataset if bench.task == PANOPTIC else SemanticDataset
+    return cls(bench, split, root, allow_missing)
 
 
 def _stems(folder: Path, suffix: str, recursive: bool) -> dict[str, Path]:
