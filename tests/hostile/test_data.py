@@ -2,17 +2,20 @@
 damaged, `vocabseg eval` arguments, vocabulary strings and files, prompt templates.
 Each test is one case; a CLI mistake must end with one `vocabseg eval: ...` line."""
 import json
-from pathlib import Path
+import re
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings, strategies as st
 from PIL import Image
 
 from vocabseg.cli import main as cli_main
 from vocabseg.data import get_dataset
 from vocabseg.errors import VocabularyError
 from vocabseg.testing import write_benchmark
-from vocabseg.vocab import Vocabulary
+from vocabseg.vocab import MAX_NAME_CHARS, Vocabulary
 
 VOC20_LABELS = "VOC2012/annotations_detectron2/val"
 
@@ -233,7 +236,6 @@ def test_class_names_with_braces_or_percent_are_encoded_literally():
 
 
 def torch_allclose(a, b):
-    import torch
     return torch.allclose(a, torch.nn.functional.normalize(b, dim=-1), atol=1e-5)
 
 
@@ -258,12 +260,6 @@ def test_template_without_exactly_one_placeholder_is_one_clear_error(bad):
 
 
 # --- property-based: the vocabulary parser ------------------------------------------------------------
-import re  # noqa: E402
-
-from hypothesis import example, given, settings, strategies as st  # noqa: E402
-
-from vocabseg.vocab import MAX_NAME_CHARS  # noqa: E402
-
 _PIECE = st.text(st.characters(exclude_categories=("Cs",)), max_size=6)
 _SEP = st.sampled_from([";", ",", "\n", "\r\n", "\r", " ", "  ", "\t", "\\,", "\\", "\ufeff", "#", "3:", ":"])
 _TEXT = st.lists(st.one_of(_PIECE, _SEP, st.sampled_from(["cat", "Cat", "dog", "x" * 201])), max_size=14).map("".join)
@@ -322,7 +318,6 @@ TF_METHODS = ("maskclip", "sclip", "clearclip", "naclip")
 
 
 def _whole_model(method):
-    import torch
     from vocabseg.methods.trainingfree.presets import build
     from vocabseg.methods.trainingfree.settings import TINY
     torch.manual_seed(0)
@@ -334,8 +329,6 @@ def test_whole_image_mode_resizes_once_and_does_not_pad(method):
     """Published whole path: the resized image, unpadded (the patch grid floors), its grid
     cosines resized once to the original size. vocabseg used to pad (ClearCLIP / MaskCLIP)
     and resize twice (grid -> resized image -> original)."""
-    import torch
-    import torch.nn.functional as F
     from vocabseg.engine.inference.image import infer
     from vocabseg.protocol import preprocess
     model = _whole_model(method)
@@ -353,8 +346,6 @@ def test_whole_image_mode_resizes_once_and_does_not_pad(method):
 
 
 def test_whole_image_mode_batched_equals_one_by_one():
-    import torch
-    import torch.nn.functional as F
     from vocabseg.engine.inference.batched import infer_batch
     from vocabseg.engine.inference.image import infer
     model = _whole_model("clearclip")

@@ -13,6 +13,7 @@ examples:
   vocabseg eval --model san-vit-b16 --dataset ade150 --out results/
   vocabseg eval --model fcclip-convnext-l --dataset coco-panoptic ade150 --limit 50
   vocabseg eval --model runs/my-san/model --dataset pc59          # a vocabseg checkpoint folder
+  vocabseg eval --model sclip-vit-b16 --dataset voc20 --allow-missing   # skip images lacking a file
   torchrun --nproc_per_node 8 -m vocabseg.cli eval --model san-vit-l14 --dataset ade847
 The JSON holds miou_gt (mean over classes in the ground truth), miou_any (over classes in
 ground truth or prediction; a predicted-only class counts 0), fwiou, macc, pacc,
