@@ -185,14 +185,17 @@ class TrainingFreeCLIP(SegModel):
         return cos[..., t:t + h, l:l + w]
 
     def classify_at(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary,
-                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None, **band) -> torch.Tensor:
         """A whole-image pass: the references' ``forward_feature(img, ori_shape)``, the [B, S, h, w]
         grid cosines resized bilinearly straight to ``size`` (one resize, no padding). A single
-        sliding window covering the image keeps the window path (``classify``, then resize)."""
+        sliding window covering the image keeps the window path (``classify``, then resize).
+        ``band`` (``rows=(r0, r1)``): only those output rows, as ``SegModel.classify_at``."""
         if not features.whole:
-            return super().classify_at(features, text, vocab, crop, size)
-        return F.interpolate(_cosines(features, text, vocab), size=tuple(size or features.size), mode="bilinear",
-                             align_corners=False)
+            return super().classify_at(features, text, vocab, crop, size, **band)
+        out = F.interpolate(_cosines(features, text, vocab), size=tuple(size or features.size), mode="bilinear",
+                            align_corners=False)
+        r0, r1 = band.get("rows") or (0, out.shape[-2])
+        return out[..., r0:r1, :]
 
     def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, S, H, W] cosines -> [B, C, H, W] class probabilities (max over
