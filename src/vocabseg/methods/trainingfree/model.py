@@ -177,13 +177,6 @@ class TrainingFreeCLIP(SegModel):
         feats = feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], *grid)
         return DenseFeatures(feats, (h, w), tuple(images.shape[-2:]), (top, left), whole)
 
-    def classify(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-        """[B, S, H, W] cosine similarity of each pixel with each synonym's text
-        embedding (S = len(vocab.prompts)), resized bilinearly to the window."""
-        cos = F.interpolate(_cosines(features, text, vocab), size=features.padded, mode="bilinear", align_corners=False)
-        (t, l), (h, w) = features.offset, features.size
-        return cos[..., t:t + h, l:l + w]
-
     def classify_at(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary,
                     crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None, **band) -> torch.Tensor:
         """A whole-image pass: the references' ``forward_feature(img, ori_shape)``, the [B, S, h, w]
@@ -196,6 +189,13 @@ class TrainingFreeCLIP(SegModel):
                             align_corners=False)
         r0, r1 = band.get("rows") or (0, out.shape[-2])
         return out[..., r0:r1, :]
+
+    def classify(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+        """[B, S, H, W] cosine similarity of each pixel with each synonym's text
+        embedding (S = len(vocab.prompts)), resized bilinearly to the window."""
+        cos = F.interpolate(_cosines(features, text, vocab), size=features.padded, mode="bilinear", align_corners=False)
+        (t, l), (h, w) = features.offset, features.size
+        return cos[..., t:t + h, l:l + w]
 
     def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, S, H, W] cosines -> [B, C, H, W] class probabilities (max over
