@@ -61,9 +61,9 @@ def model_list(given: list[str] | None) -> dict[str, str]:
                 continue
             base = Path(path).name or "checkpoint"
             name, i = base, 1
-            while name in models or name in zoo:
+            while name in models or name in zoo:     # a folder named like a zoo model is not that model
                 i += 1
-                name = f"{base} ({i})"
+                name = f"{base} (checkpoint{'' if i == 2 else f' {i - 1}'})"
             models[name] = path
         elif os.path.exists(m):
             raise UserError(f"--model {m}: not a vocabseg checkpoint folder (model.safetensors + config.json)")

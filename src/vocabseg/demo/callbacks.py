@@ -187,10 +187,12 @@ def read_upload(value, limits: Limits, roots=None) -> tuple[Image.Image, tuple[i
             original = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)   # EXIF turns it
             im.draft("RGB", fit_pixels(*im.size, limits.max_pixels))   # JPEG: decode at a reduced scale
             if im.width * im.height > limits.max_decode_pixels:
-                raise ImageError(f"{name} is {w}×{h} pixels; this demo reads images up to "
-                                 f"{limits.max_decode_pixels / 1e6:g} megapixels")
+                raise ImageError(f"{name} is {w}×{h} pixels; this demo reads images of at most "
+                                 f"{limits.max_decode_pixels:,} pixels")
             im.load()
             rgb = pil_to_rgb(im)
+    except ImageError:
+        raise
     except Image.DecompressionBombError:
         raise ImageError(f"{name} has too many pixels to decode safely") from None
     except UnidentifiedImageError:
