@@ -171,7 +171,7 @@ def test_segment_renders_legend_files_and_highlight_under_the_temp_dir(tmp_path)
     name = res.legend[0][1]
     over, pan = cb.highlight(res.view, name)
     assert pan is None
-    assert np.array_equal(np.array(over), np.array(sem.overlay(highlight=sem.vocabulary.names.index(name))))
+    assert np.array_equal(np.array(over), np.array(sem.overlay(legend=False, highlight=sem.vocabulary.names.index(name))))
     assert np.array_equal(np.array(cb.highlight(res.view, None)[0]), np.array(res.overlay))
     # text embeddings stay in memory (nothing in VOCABSEG_HOME), the model is loaded once
     assert cache.segmenter.model.texts["single"].cache is False
@@ -216,7 +216,7 @@ def test_segment_downscales_and_shows_the_panoptic_view(tmp_path):
                                                         "big_panoptic_overlay.png", "big_panoptic_panoptic.json",
                                                         "big_panoptic_panoptic.png"]
     over, pan = cb.highlight(res.view, "blue")
-    assert np.array_equal(np.array(pan), np.array(res.view.panoptic.overlay(highlight=0)))
+    assert np.array_equal(np.array(pan), np.array(res.view.panoptic.overlay(legend=False, highlight=0)))
 
 
 def test_model_cache_holds_one_model(tmp_path):

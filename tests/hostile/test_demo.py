@@ -354,6 +354,21 @@ def test_checkpoint_folders_are_offered_by_folder_name(tmp_path):
 
 
 # --- the legend drawn beside the overlay ----------------------------------------------------
+def test_page_overlay_has_no_legend_panel_under_the_buttons(tmp_path):
+    """Scaled into the page, the panel beside a wide image was unreadable and its first
+    entry hid under the image's buttons: the page's legend box lists the classes instead,
+    and the downloaded overlay keeps its drawn legend."""
+    cache = cb.ModelCache(lambda name: Segmenter(ToyModel(), name=name), ["toy"])
+    res = cb.segment(cache, "toy", _stripes(tmp_path / "wide.png", w=400, h=60), "grass; sky", None,
+                     cb.Limits(), tmp_path / "out")
+    assert not res.error, res.message
+    assert res.overlay.size == (400, 60)
+    assert np.array_equal(np.array(res.overlay), np.array(res.view.semantic.overlay(legend=False)))
+    assert sorted(n for _, n in res.legend) == ["grass", "sky"]
+    saved = Image.open(next(f for f in res.files if f.endswith("_overlay.png")))
+    assert saved.height == 60 and saved.width > 400 + 60
+
+
 def test_legend_of_long_names_fits_beside_a_narrow_image():
     names = [f"{'a very long class name ' * 8}{i}"[:200] for i in range(12)]
     vocab = Vocabulary.parse("; ".join(names))

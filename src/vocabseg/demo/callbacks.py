@@ -1,7 +1,7 @@
 """The demo's work, free of any web framework (``app.py`` wires it to Gradio).
 
 ``segment`` reads an upload within the demo's limits (larger images are
-downscaled, never rejected), segments it with the one cached model and returns
+downscaled; only those too large to decode safely are refused), segments it with the one cached model and returns
 an ``Outcome``: a status line, the overlay, the label map, the panoptic view
 when the model does panoptic segmentation, the legend and the files to
 download, all written under the app's temporary folder. A user's mistake (no
@@ -248,13 +248,16 @@ def legend_entries(result: SemanticResult) -> list[tuple[str, str]]:
 
 
 def highlight(view: View | None, name: str | None) -> tuple[Image.Image | None, Image.Image | None]:
-    """Overlays (semantic, panoptic) with only class ``name`` shown; all classes when None."""
+    """Overlays (semantic, panoptic) with only class ``name`` shown; all classes when None.
+    The page shows them without the drawn legend: scaled to the page, a legend panel
+    beside the image was unreadable and hidden under the image's buttons, and the
+    page's own legend (``legend_entries``) lists the same classes and shares."""
     if view is None:
         return None, None
     names = view.semantic.vocabulary.names
     cid = names.index(name) if name in names else None
-    pan = view.panoptic.overlay(highlight=cid) if view.panoptic is not None else None
-    return view.semantic.overlay(highlight=cid), pan
+    pan = view.panoptic.overlay(legend=False, highlight=cid) if view.panoptic is not None else None
+    return view.semantic.overlay(legend=False, highlight=cid), pan
 
 
 def safe_stem(name: str) -> str:
@@ -314,6 +317,6 @@ def segment(cache: ModelCache, model: str, image, vocabulary: str | None, templa
     if rgb.size != original:
         size += f" (downscaled from {original[0]}×{original[1]})"
     message = f"{model}: {len(vocab)} classes on {size} in {seconds:.2f} s"
-    return Outcome(message=message, overlay=sem.overlay(), labels=sem.label_image(),
-                   panoptic=pan.overlay() if pan is not None else None, legend=legend_entries(sem),
+    return Outcome(message=message, overlay=sem.overlay(legend=False), labels=sem.label_image(),
+                   panoptic=pan.overlay(legend=False) if pan is not None else None, legend=legend_entries(sem),
                    colors=hex_colors(vocab), files=[str(f) for f in files], view=View(sem, pan))
