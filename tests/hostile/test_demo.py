@@ -85,12 +85,12 @@ def _upload(server, path) -> dict:
     return {"path": r.json()[0], "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
 
 
-def _call(server, data, event=("segment", "click")) -> dict:
+def _call(server, data, event=("segment", "click"), session=None, event_data=None) -> dict:
     """Joins the queue as the page does and returns the completed message."""
-    session = uuid.uuid4().hex[:12]
+    session = session or uuid.uuid4().hex[:12]
     c = server["client"]
-    r = c.post("/gradio_api/queue/join", json={"data": data, "fn_index": server["deps"][event],
-                                                "session_hash": session, "event_data": None, "trigger_id": None})
+    r = c.post("/gradio_api/queue/join", json={"data": data, "fn_index": server["deps"][event], "trigger_id": None,
+                                                "session_hash": session, "event_data": event_data})
     r.raise_for_status()
     with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as s:
         for line in s.iter_lines():
@@ -211,6 +211,22 @@ def test_large_jpeg_is_decoded_reduced_not_refused(server, tmp_path):
     assert _status(msg).startswith("san-tiny: 2 classes on 230×173 (downscaled from 1600×1200) in ")
 
 
+def test_upload_above_the_size_limit_is_refused_at_the_door(server, tmp_path):
+    (tmp_path / "big.png").write_bytes(b"0" * 2_050_000)          # 2.05 MB: over 2 MB, under 2 MiB
+    with open(tmp_path / "big.png", "rb") as f:
+        r = server["client"].post("/gradio_api/upload", files={"files": ("big.png", f)})
+    assert r.status_code == 413 and "2000000 bytes" in r.text
+
+
+def test_upload_name_with_path_parts_stays_in_the_results_folder(server, chelsea):
+    image = dict(chelsea, orig_name="../../../../../tmp/evil name.jpg")
+    msg = _segment(server, image)
+    assert _status(msg).startswith("san-tiny: 2 classes")
+    names = sorted(f["orig_name"] for f in msg["output"]["data"][5])
+    assert names == ["evil_name.json", "evil_name_labels.png", "evil_name_overlay.png"]
+    assert not list(Path("/tmp").glob("evil name*"))
+
+
 # --- the vocabulary and template fields ----------------------------------------------------
 def test_empty_vocabulary_is_a_message(server, chelsea):
     msg = _segment(server, chelsea, vocabulary="")
@@ -266,6 +282,22 @@ def test_concurrent_requests_each_get_their_own_result(server, chelsea):
         assert _status(out[v]).startswith(f"san-tiny: {n} classes on 245×163")
         legend = out[v]["output"]["data"][2]["value"]
         assert sorted(e["class_or_confidence"] for e in legend) == sorted(Vocabulary.parse(v).names)
+
+
+def test_benchmark_name_not_offered_is_refused(server):
+    msg = _call(server, ["../../../../../../etc/hostname"], event=("benchmark", "input"))
+    assert msg["success"] is False
+    assert "is not in the list of choices" in msg["output"]["error"]
+
+
+def test_legend_click_with_garbage_event_data_still_answers(server, chelsea):
+    session = uuid.uuid4().hex[:12]
+    assert _status(_call(server, [chelsea, "san-tiny", "cat; grass", "model default"], session=session)) \
+        .startswith("san-tiny: 2 classes")
+    for garbage in ({"index": 0, "value": [None, {"a": 1}], "selected": True},
+                    {"index": [1], "value": [1, ["cat"]], "selected": "yes"}):
+        msg = _call(server, [None], event=("legend", "select"), session=session, event_data=garbage)
+        assert msg["success"] is True and msg["output"]["data"][0]["path"].endswith(".png")
 
 
 # --- the Panoptic tab ------------------------------------------------------------------------
@@ -389,3 +421,5 @@ def test_legend_of_long_names_fits_beside_a_narrow_image():
     for i, a in enumerate(boxes):                                   # no entry overlaps another
         for b in boxes[i + 1:]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+

@@ -4,8 +4,10 @@ Upload or pick an image, choose a model, type a vocabulary or pick a benchmark's
 see the overlay with a clickable legend, the label map and (FC-CLIP) the
 panoptic view, and download the PNG / JSON results. The model list holds every
 zoo model whose weights are already on disk plus each --model given (a zoo name
-or a vocabseg checkpoint folder); one model is loaded at a time, requests queue
-one by one, and uploads and results live in a temporary folder removed at exit.
+or a vocabseg checkpoint folder, offered under its folder name); a request may
+name only these. One model is loaded at a time, requests queue one by one, and
+uploads and results live in a temporary folder removed at exit. Every argument
+is checked before a model loads.
 """
 from __future__ import annotations
 

@@ -143,6 +143,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bo
            limits: cb.Limits = cb.Limits(), block: bool = True, quiet: bool = False):
     """Serve ``demo``; ``block=False`` returns once the server is up."""
     return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                       max_file_size=f"{limits.max_upload_mb:g}mb", theme=theme(), css_paths=[CSS_FILE],
+                       max_file_size=int(limits.max_upload_mb * 1e6), theme=theme(), css_paths=[CSS_FILE],
                        show_error=False, ssr_mode=False, quiet=quiet, footer_links=[],
                        state_session_capacity=200, mcp_server=False, pwa=False)
