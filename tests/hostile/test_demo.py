@@ -163,6 +163,17 @@ def test_model_field_not_text_is_refused(server, chelsea):
     _refused(server, chelsea, ["san-tiny"])
 
 
+def test_offered_model_that_fails_to_load_names_no_server_path(tmp_path, capsys):
+    from vocabseg.errors import WeightsNotFound
+
+    def factory(target):
+        raise WeightsNotFound(f"model big needs big.pth; place it at {tmp_path}/home/weights/big.pth")
+    res = cb.segment(cb.ModelCache(factory, ["big"]), "big", _stripes(tmp_path / "s.png"), "cat", None,
+                     cb.Limits(), tmp_path / "out")
+    assert res.error and res.message == "model big could not be loaded; the server log says why"
+    assert f"{tmp_path}/home/weights/big.pth" in capsys.readouterr().err
+
+
 def test_page_names_no_server_path(server):
     text = json.dumps(server["config"])
     assert server["ckpt"] not in text and str(Path(server["ckpt"]).parent) not in text
