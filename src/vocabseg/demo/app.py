@@ -126,7 +126,8 @@ def build_app(factory: Callable, models: Mapping[str, str] | Sequence[str], limi
 
         outputs = [status, overlay, legend, label_map, panoptic, files, view, panoptic_tab]
         # preprocess=False: the image arrives as Gradio's file payload, unread, so a
-        # corrupt upload is reported by callbacks.read_upload, not by Gradio.
+        # corrupt upload is reported by callbacks.read_upload, not by Gradio. Gradio
+        # then checks none of the fields: callbacks.segment checks each one.
         for trigger in (run.click, vocab.submit):
             trigger(on_segment, [image, model, vocab, templates], outputs, preprocess=False,
                     concurrency_id="model", concurrency_limit=1, api_name=False)
