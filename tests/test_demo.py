@@ -137,13 +137,13 @@ def test_vocabulary_is_only_typed_text(tmp_path):
 
 
 # --- one request ----------------------------------------------------------------
-def _cache(seg_cls=Segmenter):
+def _cache(seg_cls=Segmenter, offered=("toy", "pan", "a", "b")):
     made = []
 
     def factory(name):
         made.append(name)
         return seg_cls(ToyModel(), name=name)
-    return cb.ModelCache(factory), made
+    return cb.ModelCache(factory, offered), made
 
 
 def test_segment_renders_legend_files_and_highlight_under_the_temp_dir(tmp_path):
@@ -171,7 +171,7 @@ def test_segment_renders_legend_files_and_highlight_under_the_temp_dir(tmp_path)
     name = res.legend[0][1]
     over, pan = cb.highlight(res.view, name)
     assert pan is None
-    assert np.array_equal(np.array(over), np.array(sem.overlay(highlight=sem.vocabulary.names.index(name))))
+    assert np.array_equal(np.array(over), np.array(sem.overlay(legend=False, highlight=sem.vocabulary.names.index(name))))
     assert np.array_equal(np.array(cb.highlight(res.view, None)[0]), np.array(res.overlay))
     # text embeddings stay in memory (nothing in VOCABSEG_HOME), the model is loaded once
     assert cache.segmenter.model.texts["single"].cache is False
@@ -199,7 +199,7 @@ def test_segment_errors_come_back_as_messages_and_the_next_request_works(tmp_pat
 
     def broken(name):
         raise RuntimeError("boom")
-    res = cb.segment(cb.ModelCache(broken), "x", good, "cat", None, limits, tmp_path / "out")
+    res = cb.segment(cb.ModelCache(broken, ["x"]), "x", good, "cat", None, limits, tmp_path / "out")
     assert res.error and res.message == "internal error (RuntimeError); the server log has the details"
 
 
@@ -216,7 +216,7 @@ def test_segment_downscales_and_shows_the_panoptic_view(tmp_path):
                                                         "big_panoptic_overlay.png", "big_panoptic_panoptic.json",
                                                         "big_panoptic_panoptic.png"]
     over, pan = cb.highlight(res.view, "blue")
-    assert np.array_equal(np.array(pan), np.array(res.view.panoptic.overlay(highlight=0)))
+    assert np.array_equal(np.array(pan), np.array(res.view.panoptic.overlay(legend=False, highlight=0)))
 
 
 def test_model_cache_holds_one_model(tmp_path):
@@ -234,8 +234,8 @@ def test_result_folders_are_pruned(tmp_path):
 
 def test_cli_model_list_and_errors(tmp_path, capsys):
     ck = save_checkpoint(load_model("segclip-tiny"), tmp_path / "mine")
-    models, labels = model_list([str(ck), "san-tiny"])
-    assert models[:2] == [str(Path(ck).resolve()), "san-tiny"] and labels[models[0]] == "mine (checkpoint)"
+    models = model_list([str(ck), "san-tiny"])
+    assert list(models.items())[:2] == [("mine", str(Path(ck).resolve())), ("san-tiny", "san-tiny")]
     assert main(["demo", "--model", "no-such-model"]) == 2
     assert "--model no-such-model: unknown model" in capsys.readouterr().err
     assert main(["demo", "--model", str(tmp_path)]) == 2

@@ -3,6 +3,7 @@ the image, segment outlines and a legend panel beside the image."""
 from __future__ import annotations
 
 import colorsys
+import math
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -48,27 +49,69 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+LEGEND_ROW = 20          # px per legend row
+LEGEND_TEXT_MAX = 260    # px: a longer entry is shortened with "…" (its share, after two spaces, is kept)
+LEGEND_COLUMNS = 3       # rows wrap into at most this many columns before the panel grows below the image
+
+
+def _text_width(text: str, font) -> int:
+    """Pixels from the pen position to the right end of the drawn text (advance or ink, the larger)."""
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return int(math.ceil(max(probe.textlength(text, font=font), probe.textbbox((0, 0), text, font=font)[2])))
+
+
+def shorten(text: str, font, width: int) -> str:
+    """``text`` cut with "…" to fit ``width`` px; in "name  12.3%" only the name is cut."""
+    if _text_width(text, font) <= width:
+        return text
+    head, sep, tail = text.rpartition("  ")
+    if not sep:
+        head, tail = text, ""
+    lo, hi = 0, len(head)           # the longest prefix of head that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _text_width(head[:mid] + "…" + sep + tail, font) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return head[:lo] + "…" + sep + tail
+
+
+def legend_layout(height: int, texts: list[str], font, max_rows: int = 40) -> tuple[list[tuple[int, int, str]], int, int]:
+    """Where a legend beside an image of ``height`` px draws its entries:
+    ([(x, y, text)] with x from the panel's left edge, panel width, panel height).
+    Entries beyond ``max_rows`` become one "+N more" line; texts are shortened to
+    ``LEGEND_TEXT_MAX``; rows wrap into columns to stay within the image height
+    where ``LEGEND_COLUMNS`` allow."""
+    shown = [shorten(t, font, LEGEND_TEXT_MAX) for t in texts[:max_rows]]
+    if len(texts) > len(shown):
+        shown.append(f"+{len(texts) - len(shown)} more")
+    fit = max(1, (height - 12) // LEGEND_ROW)
+    columns = min(LEGEND_COLUMNS, math.ceil(len(shown) / fit))
+    rows = math.ceil(len(shown) / columns)
+    col_w = 34 + max(_text_width(t, font) for t in shown) + 12
+    places = [(8 + (i // rows) * col_w, 6 + (i % rows) * LEGEND_ROW, t) for i, t in enumerate(shown)]
+    return places, 8 + columns * col_w, rows * LEGEND_ROW + 12
+
+
 def with_legend(image: np.ndarray, entries: list[tuple[tuple[int, int, int], str]], max_rows: int = 40) -> Image.Image:
-    """Image uint8 [H, W, 3] + legend rows (colour, text) drawn in a panel to its right."""
+    """Image uint8 [H, W, 3] + legend rows (colour, text) drawn in a panel to its right
+    (``legend_layout``: every entry lies inside the returned image)."""
     h, w = image.shape[:2]
     if not entries:
         return Image.fromarray(image)
-    row = 20
-    shown = entries[:max_rows]
-    more = len(entries) - len(shown)
     font = _font(13)
-    text_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for _, t in shown)
-    panel_w = 36 + text_w + 12
-    panel_h = row * (len(shown) + (1 if more else 0)) + 12
+    places, panel_w, panel_h = legend_layout(h, [t for _, t in entries], font, max_rows)
     canvas = Image.new("RGB", (w + panel_w, max(h, panel_h)), (255, 255, 255))
     canvas.paste(Image.fromarray(image), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for i, (colour, text) in enumerate(shown):
-        y = 6 + i * row
-        draw.rectangle([w + 8, y + 2, w + 26, y + 16], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
-        draw.text((w + 34, y + 2), text, fill=(0, 0, 0), font=font)
-    if more:
-        draw.text((w + 34, 6 + len(shown) * row + 2), f"+{more} more", fill=(80, 80, 80), font=font)
+    for i, (x, y, text) in enumerate(places):
+        if i < min(len(entries), max_rows):
+            colour = tuple(int(c) for c in entries[i][0])
+            draw.rectangle([w + x, y + 2, w + x + 18, y + 16], fill=colour, outline=(0, 0, 0))
+            draw.text((w + x + 26, y + 2), text, fill=(0, 0, 0), font=font)
+        else:
+            draw.text((w + x + 26, y + 2), text, fill=(80, 80, 80), font=font)
     return canvas
 
 

@@ -4,8 +4,10 @@ Upload or pick an image, choose a model, type a vocabulary or pick a benchmark's
 see the overlay with a clickable legend, the label map and (FC-CLIP) the
 panoptic view, and download the PNG / JSON results. The model list holds every
 zoo model whose weights are already on disk plus each --model given (a zoo name
-or a vocabseg checkpoint folder); one model is loaded at a time, requests queue
-one by one, and uploads and results live in a temporary folder removed at exit.
+or a vocabseg checkpoint folder, offered under its folder name); a request may
+name only these. One model is loaded at a time, requests queue one by one, and
+uploads and results live in a temporary folder removed at exit. Every argument
+is checked before a model loads.
 """
 from __future__ import annotations
 
@@ -43,32 +45,76 @@ def available_models() -> list[str]:
     return [name for name, spec in all_specs().items() if "downloaded on first use" not in status(spec)]
 
 
-def model_list(given: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    """(models for the page, display labels): the given ones first, then the
-    available zoo models. Checkpoint folders become absolute paths labelled
-    with their folder name. Unknown names are an error here, not on the page."""
+def model_list(given: list[str] | None) -> dict[str, str]:
+    """{name shown and accepted by the page: what ``load`` takes}: the given models
+    first, then the available zoo models. A checkpoint folder is offered under its
+    folder name (its path is never sent to a browser). Unknown names are an error
+    here, not on the page."""
     from ..api import DEFAULT_MODEL
     from ..checkpoint import is_checkpoint
     from ..errors import UserError
     from ..registry import all_specs
     zoo = all_specs(include_test=True)
-    models, labels = [], {}
+    models: dict[str, str] = {}
     for m in given or []:
         if is_checkpoint(m):
             path = str(Path(m).resolve())
-            models.append(path)
-            labels[path] = f"{Path(path).name} (checkpoint)"
+            if path in models.values():
+                continue
+            base = Path(path).name or "checkpoint"
+            name, i = base, 1
+            while name in models or name in zoo:     # a folder named like a zoo model is not that model
+                i += 1
+                name = f"{base} (checkpoint{'' if i == 2 else f' {i - 1}'})"
+            models[name] = path
         elif os.path.exists(m):
             raise UserError(f"--model {m}: not a vocabseg checkpoint folder (model.safetensors + config.json)")
         elif m in zoo:
-            models.append(m)
+            models[m] = m
         else:
             shown = sorted(n for n, s in zoo.items() if not s.test_only)
             raise UserError(f"--model {m}: unknown model; use a zoo name ({', '.join(shown)}) or a checkpoint folder")
-    models += [m for m in available_models() if m not in models]
+    for m in available_models():
+        models.setdefault(m, m)
     if not models:
-        models = [DEFAULT_MODEL]   # its weights are downloaded when it is loaded below
-    return list(dict.fromkeys(models)), labels
+        models[DEFAULT_MODEL] = DEFAULT_MODEL   # its weights are downloaded when it is loaded below
+    return models
+
+
+def check_address(host: str, port: int) -> None:
+    """The server can listen on ``host:port``: checked before any model loads."""
+    import errno
+    import socket
+    from ..errors import UserError
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: use a port number from 1 to 65535")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise UserError(f"--host {host}: not a host name or address this machine can resolve") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: already in use on {host}; choose another port") from None
+            if e.errno == errno.EACCES:
+                raise UserError(f"--port {port}: permission denied (ports below 1024 need privileges)") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host}: not an address of this machine (use 127.0.0.1 or 0.0.0.0)") from None
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def check_limits(args) -> None:
+    import math
+    from ..errors import UserError
+    if args.max_pixels < 64 * 64:
+        raise UserError(f"--max-pixels {args.max_pixels}: use at least 4096")
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        raise UserError(f"--max-upload-mb {args.max_upload_mb:g}: use a positive number of MB")
+    if args.queue_size < 1:
+        raise UserError(f"--queue-size {args.queue_size}: use at least 1")
 
 
 def default_examples(folder: str | None) -> list[str]:
@@ -83,12 +129,13 @@ def default_examples(folder: str | None) -> list[str]:
 
 
 def run(args) -> int:
+    """Every argument is checked before a model loads or a folder is made."""
     from .segment import check_device
     from ..errors import UserError
+    check_limits(args)
+    check_address(args.host, args.port)
     check_device(args.device)
-    if args.max_pixels < 64 * 64 or args.max_upload_mb <= 0:
-        raise UserError("--max-pixels must be at least 4096 and --max-upload-mb positive")
-    models, labels = model_list(args.model)
+    models = model_list(args.model)
     examples = default_examples(args.examples)
     temp_dir = Path(tempfile.mkdtemp(prefix="vocabseg-demo-"))
     atexit.register(shutil.rmtree, temp_dir, ignore_errors=True)
@@ -104,11 +151,11 @@ def run(args) -> int:
     from ..demo.callbacks import Limits
     limits = Limits(max_pixels=args.max_pixels, max_upload_mb=args.max_upload_mb)
     factory = functools.partial(load, device=args.device)
-    print(f"vocabseg demo: loading {labels.get(models[0], models[0])} ...", file=sys.stderr)
+    first = next(iter(models))
+    print(f"vocabseg demo: loading {first} ...", file=sys.stderr)
     demo = app.build_app(factory, models, limits=limits, temp_dir=temp_dir, examples=examples,
-                         model_labels=labels, queue_size=args.queue_size, preload=True)
-    print(f"vocabseg demo: models {', '.join(labels.get(m, m) for m in models)}; temporary files in {temp_dir}",
-          file=sys.stderr)
+                         queue_size=args.queue_size, preload=True)
+    print(f"vocabseg demo: models {', '.join(models)}; temporary files in {temp_dir}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops it like Ctrl-C: the server closes, temp files go
     app.launch(demo, host=args.host, port=args.port, share=args.share, limits=limits)
     return 0

@@ -12,12 +12,13 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 from . import callbacks as cb  # noqa: E402
 
@@ -40,30 +41,38 @@ def status_html(message: str, error: bool = False) -> str:
     return f'<div class="vs-status vs-{kind}">{"⚠ " if error else ""}{html.escape(message)}</div>'
 
 
-def build_app(factory: Callable, models: Sequence[str], limits: cb.Limits = cb.Limits(),
+def build_app(factory: Callable, models: Mapping[str, str] | Sequence[str], limits: cb.Limits = cb.Limits(),
               temp_dir: str | os.PathLike | None = None, examples: Sequence[str] = (),
-              model_labels: dict | None = None, queue_size: int = 32, preload: bool = False) -> gr.Blocks:
-    """The demo page. ``factory(name) -> Segmenter`` loads one of ``models`` (zoo
-    names or checkpoint folders; the first is the default); one model is held at
-    a time. Results are written under ``temp_dir`` (which should also be
-    ``GRADIO_TEMP_DIR``, set before gradio is imported). ``preload`` loads the
-    first model now, so a missing weight file fails before the page is served."""
+              queue_size: int = 32, preload: bool = False) -> gr.Blocks:
+    """The demo page. ``models``: the names offered in the page (the first is the
+    default), or {name: what ``factory`` loads} (a zoo name or a checkpoint
+    folder, never shown to a client); ``factory(target) -> Segmenter``. One model
+    is held at a time, and a request naming anything not offered is refused.
+    Results are written under ``temp_dir`` (which should also be
+    ``GRADIO_TEMP_DIR``, set before gradio is imported); images are read only
+    from Gradio's upload folder. ``preload`` loads the first model now, so a
+    missing weight file fails before the page is served."""
     if not models:
         raise ValueError("build_app needs at least one model")
     temp_dir = Path(temp_dir or os.environ.get("GRADIO_TEMP_DIR") or "/tmp/vocabseg-demo")
     results_dir = temp_dir / "results"
-    cache = cb.ModelCache(factory)
+    cache = cb.ModelCache(factory, models)
+    names = list(cache.offered)
     if preload:
-        cache.get(models[0])
-    labels = model_labels or {}
+        cache.load(names[0])
+    uploads = [get_upload_folder()]
+
+    def tabs(model):
+        return gr.Tab(visible=cache.can(model, "panoptic"))
 
     def on_segment(image, model, vocabulary, templates):
-        out = cb.segment(cache, model, image, vocabulary, templates, limits, results_dir)
+        out = cb.segment(cache, model, image, vocabulary, templates, limits, results_dir, uploads)
         if out.error:   # clear the previous result so it is not taken for this request's
-            return status_html(out.message, True), None, None, None, gr.Image(value=None, visible=False), None, None
+            return (status_html(out.message, True), None, None, None, gr.Image(value=None, visible=False),
+                    None, None, gr.skip())
         legend = gr.HighlightedText(value=out.legend, color_map=out.colors)
         pan = gr.Image(value=out.panoptic, visible=out.panoptic is not None)
-        return (status_html(out.message), out.overlay, legend, out.labels, pan, out.files, out.view)
+        return (status_html(out.message), out.overlay, legend, out.labels, pan, out.files, out.view, tabs(model))
 
     def on_legend(view, evt: gr.SelectData):
         name = evt.value[1] if isinstance(evt.value, (list, tuple)) and len(evt.value) > 1 else None
@@ -82,8 +91,7 @@ def build_app(factory: Callable, models: Sequence[str], limits: cb.Limits = cb.L
                                  elem_id="image-in", height=320)
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=image, label="Examples")
-                model = gr.Dropdown([(labels.get(m, m), m) for m in models], value=models[0], label="Model",
-                                    elem_id="model")
+                model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model")
                 vocab = gr.Textbox(label="Vocabulary", lines=1, max_lines=6, elem_id="vocab",
                                    placeholder="cat; sofa, couch; floor; wall", max_length=40000,
                                    info="';' between classes, ',' between synonyms of one class")
@@ -107,21 +115,23 @@ def build_app(factory: Callable, models: Sequence[str], limits: cb.Limits = cb.L
                     with gr.Tab("Label map"):
                         label_map = gr.Image(label="Label map (pixel value = class index)", type="pil",
                                              format="png", interactive=False, elem_id="label-map")
-                    with gr.Tab("Panoptic"):
-                        gr.Markdown("Shown for models that do panoptic segmentation (FC-CLIP): every thing "
-                                    "instance is its own segment, outlined in white.")
+                    with gr.Tab("Panoptic", visible=cache.can(names[0], "panoptic"),
+                                elem_id="panoptic-tab") as panoptic_tab:
+                        gr.Markdown("Every thing instance is its own segment, outlined in white.")
                         panoptic = gr.Image(label="Panoptic", type="pil", format="png", interactive=False,
                                             visible=False, elem_id="panoptic")
                 files = gr.File(label="Download (PNG / JSON)", file_count="multiple", interactive=False,
                                 elem_id="files")
         view = gr.State(None, time_to_live=3600)
 
-        outputs = [status, overlay, legend, label_map, panoptic, files, view]
+        outputs = [status, overlay, legend, label_map, panoptic, files, view, panoptic_tab]
         # preprocess=False: the image arrives as Gradio's file payload, unread, so a
-        # corrupt upload is reported by callbacks.read_upload, not by Gradio.
+        # corrupt upload is reported by callbacks.read_upload, not by Gradio. Gradio
+        # then checks none of the fields: callbacks.segment checks each one.
         for trigger in (run.click, vocab.submit):
             trigger(on_segment, [image, model, vocab, templates], outputs, preprocess=False,
                     concurrency_id="model", concurrency_limit=1, api_name=False)
+        model.change(tabs, model, panoptic_tab, api_name=False)
         bench.input(lambda name: cb.benchmark_text(name) if name != OWN_TEXT else gr.skip(), bench, vocab,
                     api_name=False)
         legend.select(on_legend, view, [overlay, panoptic], api_name=False)
@@ -134,6 +144,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bo
            limits: cb.Limits = cb.Limits(), block: bool = True, quiet: bool = False):
     """Serve ``demo``; ``block=False`` returns once the server is up."""
     return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                       max_file_size=f"{limits.max_upload_mb:g}mb", theme=theme(), css_paths=[CSS_FILE],
+                       max_file_size=int(limits.max_upload_mb * 1e6), theme=theme(), css_paths=[CSS_FILE],
                        show_error=False, ssr_mode=False, quiet=quiet, footer_links=[],
                        state_session_capacity=200, mcp_server=False, pwa=False)

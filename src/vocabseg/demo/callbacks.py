@@ -1,12 +1,16 @@
 """The demo's work, free of any web framework (``app.py`` wires it to Gradio).
 
 ``segment`` reads an upload within the demo's limits (larger images are
-downscaled, never rejected), segments it with the one cached model and returns
+downscaled; only those too large to decode safely are refused), segments it with the one cached model and returns
 an ``Outcome``: a status line, the overlay, the label map, the panoptic view
 when the model does panoptic segmentation, the legend and the files to
 download, all written under the app's temporary folder. A user's mistake (no
 image, a corrupt file, an empty vocabulary) comes back as a message, never as
 an exception, so the app keeps serving.
+
+Every field of a request is untrusted (a plain HTTP client can send anything):
+the model must be one of the offered names, the image a file inside the upload
+folder, the vocabulary text of bounded length; replies never name a server path.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +40,8 @@ from ..text import TEMPLATE_SETS
 from ..vocab import Vocabulary, VocabularyError
 
 USER_ERRORS = (UserError, FileNotFoundError)
+MODEL_REFUSED = "this server does not offer that model: choose one from the Model list"
+NO_IMAGE = "no image: upload one or pick an example"
 DEFAULT_TEMPLATES = "model default"
 TEMPLATE_CHOICES = (DEFAULT_TEMPLATES,) + TEMPLATE_SETS
 LEGEND_ALL_CLASSES = 30      # longer vocabularies list only the classes present
@@ -49,27 +55,55 @@ class Limits:
     max_pixels: int = 1024 * 1024     # larger images are downscaled to this many pixels
     max_upload_mb: float = 10.0       # larger files are refused
     max_classes: int = 1000           # ADE-847 fits
+    max_vocab_chars: int = 100_000    # longer vocabulary text is refused before it is parsed
+    max_decode_pixels: int = 40_000_000   # larger images (after JPEG's reduced decoding) are refused
 
 
 class ModelCache:
     """At most one ``Segmenter`` per process: loaded on first use and kept; asking
     for another model releases the current one before loading the new one.
-    ``factory(name) -> Segmenter``."""
+    ``offered``: the names a request may ask for, or {name: what ``factory`` loads}
+    (a zoo name or a checkpoint folder); ``factory(target) -> Segmenter``."""
 
-    def __init__(self, factory: Callable):
+    def __init__(self, factory: Callable, offered: Mapping[str, str] | Sequence[str]):
         self.factory = factory
+        self.offered = dict(offered) if isinstance(offered, Mapping) else {m: m for m in offered}
         self.name: str | None = None
         self.segmenter = None
+        self.tasks: dict[str, tuple[str, ...]] = {}    # offered name -> tasks, once loaded
         self._lock = threading.Lock()
 
-    def get(self, name: str):
+    def check(self, name) -> None:
+        """Refuse anything but an offered name, with one message that repeats nothing of the request."""
+        if not isinstance(name, str) or name not in self.offered:
+            raise UserError(MODEL_REFUSED)
+
+    def get(self, name):
+        """The segmenter of offered model ``name`` (``check``). A model that fails to
+        load is reported without its error, which may name server paths: that goes to the log."""
+        try:
+            return self.load(name)
+        except USER_ERRORS as e:
+            if str(e) == MODEL_REFUSED:
+                raise
+            print(f"vocabseg demo: cannot load {name}: {e}", file=sys.stderr)
+            raise UserError(f"model {name} could not be loaded; the server log says why") from None
+
+    def load(self, name):
+        """``get`` with the loader's own errors (for the server's start, not for a request)."""
+        self.check(name)
         with self._lock:
             if name != self.name or self.segmenter is None:
                 self.segmenter, self.name = None, None
                 gc.collect()
-                self.segmenter = self.factory(name)
+                self.segmenter = self.factory(self.offered[name])
                 self.name = name
+                self.tasks[name] = tuple(self.segmenter.tasks)
             return self.segmenter
+
+    def can(self, name, task: str) -> bool:
+        """Whether model ``name`` is known to do ``task`` (False until it has been loaded)."""
+        return isinstance(name, str) and task in self.tasks.get(name, ())
 
 
 @dataclass
@@ -123,17 +157,27 @@ def _upload_path(value) -> tuple[str | None, str]:
     return None, "image"
 
 
-def read_upload(value, limits: Limits) -> tuple[Image.Image, tuple[int, int], str]:
+def _inside(path: str, roots) -> bool:
+    real = Path(path).resolve()
+    return any(real.is_relative_to(Path(r).resolve()) for r in roots)
+
+
+def read_upload(value, limits: Limits, roots=None) -> tuple[Image.Image, tuple[int, int], str]:
     """An uploaded image -> (RGB image of at most ``limits.max_pixels`` pixels,
-    original (width, height), file name). Raises ``ImageError`` saying what is wrong."""
+    original (width, height), file name). With ``roots`` (folders) a path outside
+    them is treated as no image at all. Raises ``ImageError`` saying what is wrong."""
     if value is None:
-        raise ImageError("no image: upload one or pick an example")
+        raise ImageError(NO_IMAGE)
     if isinstance(value, (Image.Image, np.ndarray)):
         im = pil_to_rgb(value if isinstance(value, Image.Image) else Image.fromarray(np.asarray(value)))
         return downscale(im, limits.max_pixels), im.size, "image"
     path, name = _upload_path(value)
-    if path is None or not os.path.isfile(path):
-        raise ImageError("no image: upload one or pick an example")
+    if not isinstance(path, str) or not isinstance(name, str) or "\0" in path:
+        raise ImageError(NO_IMAGE)
+    if roots is not None and not _inside(path, roots):
+        raise ImageError(NO_IMAGE)      # the same words as a missing file: nothing to probe with
+    if not os.path.isfile(path):
+        raise ImageError(NO_IMAGE)
     size = os.path.getsize(path)
     if size > limits.max_upload_mb * 1e6:
         raise ImageError(f"{name} is {size / 1e6:.1f} MB; this demo accepts files up to {limits.max_upload_mb:g} MB")
@@ -142,8 +186,13 @@ def read_upload(value, limits: Limits) -> tuple[Image.Image, tuple[int, int], st
             w, h = im.size
             original = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)   # EXIF turns it
             im.draft("RGB", fit_pixels(*im.size, limits.max_pixels))   # JPEG: decode at a reduced scale
+            if im.width * im.height > limits.max_decode_pixels:
+                raise ImageError(f"{name} is {w}×{h} pixels; this demo reads images of at most "
+                                 f"{limits.max_decode_pixels:,} pixels")
             im.load()
             rgb = pil_to_rgb(im)
+    except ImageError:
+        raise
     except Image.DecompressionBombError:
         raise ImageError(f"{name} has too many pixels to decode safely") from None
     except UnidentifiedImageError:
@@ -167,8 +216,12 @@ def benchmark_text(name: str) -> str:
     return Vocabulary.from_dataset(name).to_string() if name else ""
 
 
-def parse_vocabulary(text: str | None, max_classes: int) -> Vocabulary:
+def parse_vocabulary(text: str | None, max_classes: int, max_chars: int = Limits.max_vocab_chars) -> Vocabulary:
     """Only the typed text is read (never a file or a benchmark name: this is a public page)."""
+    if text is not None and not isinstance(text, str):
+        raise VocabularyError("the vocabulary must be text: class names separated by ';'")
+    if text and len(text) > max_chars:
+        raise VocabularyError(f"the vocabulary is {len(text)} characters long; this demo accepts at most {max_chars}")
     if not text or not text.strip(" ;,\n\t"):
         raise VocabularyError("the vocabulary is empty: type class names separated by ';' "
                               "(synonyms of one class separated by ',')")
@@ -195,13 +248,16 @@ def legend_entries(result: SemanticResult) -> list[tuple[str, str]]:
 
 
 def highlight(view: View | None, name: str | None) -> tuple[Image.Image | None, Image.Image | None]:
-    """Overlays (semantic, panoptic) with only class ``name`` shown; all classes when None."""
+    """Overlays (semantic, panoptic) with only class ``name`` shown; all classes when None.
+    The page shows them without the drawn legend: scaled to the page, a legend panel
+    beside the image was unreadable and hidden under the image's buttons, and the
+    page's own legend (``legend_entries``) lists the same classes and shares."""
     if view is None:
         return None, None
     names = view.semantic.vocabulary.names
     cid = names.index(name) if name in names else None
-    pan = view.panoptic.overlay(highlight=cid) if view.panoptic is not None else None
-    return view.semantic.overlay(highlight=cid), pan
+    pan = view.panoptic.overlay(legend=False, highlight=cid) if view.panoptic is not None else None
+    return view.semantic.overlay(legend=False, highlight=cid), pan
 
 
 def safe_stem(name: str) -> str:
@@ -229,14 +285,17 @@ def _memory_only_text(segmenter, templates) -> None:
 
 
 def segment(cache: ModelCache, model: str, image, vocabulary: str | None, templates: str | None,
-            limits: Limits, out_root: str | os.PathLike) -> Outcome:
-    """One request: image + vocabulary -> Outcome (errors as a message)."""
+            limits: Limits, out_root: str | os.PathLike, upload_roots=None) -> Outcome:
+    """One request: image + vocabulary -> Outcome (errors as a message). With
+    ``upload_roots`` the image must be a file inside one of those folders."""
     try:
-        vocab = parse_vocabulary(vocabulary, limits.max_classes)
-        rgb, original, name = read_upload(image, limits)
+        cache.check(model)      # first: a refused model reads nothing else
+        vocab = parse_vocabulary(vocabulary, limits.max_classes, limits.max_vocab_chars)
+        rgb, original, name = read_upload(image, limits, upload_roots)
         tmpl = None if templates in (None, "", DEFAULT_TEMPLATES) else templates
-        if tmpl is not None and tmpl not in TEMPLATE_SETS:
-            raise UserError(f"unknown template set {tmpl!r}; use one of {', '.join(TEMPLATE_SETS)}")
+        if tmpl is not None and (not isinstance(tmpl, str) or tmpl not in TEMPLATE_SETS):
+            shown = f" {tmpl[:40]!r}" if isinstance(tmpl, str) else ""
+            raise UserError(f"unknown template set{shown}; use one of {', '.join(TEMPLATE_SETS)}")
         seg = cache.get(model)
         _memory_only_text(seg, tmpl)
         start = time.perf_counter()
@@ -257,7 +316,7 @@ def segment(cache: ModelCache, model: str, image, vocabulary: str | None, templa
     size = f"{rgb.width}×{rgb.height}"
     if rgb.size != original:
         size += f" (downscaled from {original[0]}×{original[1]})"
-    message = f"{seg.name}: {len(vocab)} classes on {size} in {seconds:.2f} s"
-    return Outcome(message=message, overlay=sem.overlay(), labels=sem.label_image(),
-                   panoptic=pan.overlay() if pan is not None else None, legend=legend_entries(sem),
+    message = f"{model}: {len(vocab)} classes on {size} in {seconds:.2f} s"
+    return Outcome(message=message, overlay=sem.overlay(legend=False), labels=sem.label_image(),
+                   panoptic=pan.overlay(legend=False) if pan is not None else None, legend=legend_entries(sem),
                    colors=hex_colors(vocab), files=[str(f) for f in files], view=View(sem, pan))
