@@ -97,9 +97,28 @@ class Vocabulary:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Vocabulary":
         p = Path(path)
+        if p.is_dir():
+            raise VocabularyError(f"vocabulary file {p} is a folder, not a file")
         if not p.is_file():
             raise VocabularyError(f"vocabulary file not found: {p}")
-        return cls.from_lines(p.read_text(encoding="utf-8").splitlines())
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise VocabularyError(f"cannot read vocabulary file {p}: {e.strerror or e}") from None
+        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"    # BOMs of Windows editors
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise VocabularyError(f"vocabulary file {p} is not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                                  f"{e.start}); save it as UTF-8") from None
+        if "\x00" in text:
+            raise VocabularyError(f"vocabulary file {p} holds NUL bytes: not a text file")
+        if not text.strip():
+            raise VocabularyError(f"vocabulary file {p} is empty: write one class per line")
+        try:
+            return cls.from_lines(text.splitlines())
+        except VocabularyError as e:
+            raise VocabularyError(f"{p}: {e}") from None
 
     @classmethod
     def from_dataset(cls, name: str, convention: str | None = None) -> "Vocabulary":

@@ -1,0 +1,117 @@
+"""Which files in an output folder vocabseg wrote, and for which image.
+
+`vocabseg segment` keeps a manifest, ``.vocabseg-manifest.json`` in ``--out``:
+``{"files": {output file name: absolute path of the source image}}``. A file
+in ``--out`` is vocabseg's own only if the manifest lists it; it is replaced
+without asking only when it holds the result of the same source image (a rerun
+of the same command). Anything else is refused unless ``--overwrite``. Reading
+a folder skips the files its manifest lists, so a rerun into the input folder
+does not segment its own outputs.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+from .errors import UserError
+from .files import atomic_write
+
+MANIFEST = ".vocabseg-manifest.json"
+SUFFIXES = {   # output file name = stem + suffix, per task (results.py writes them)
+    "semantic": ("_labels.png", "_overlay.png", ".json"),
+    "panoptic": ("_panoptic.png", "_panoptic.json", "_overlay.png"),
+    "instance": ("_instances.json", "_overlay.png"),
+}
+SCORES, GROUPS = "_scores.npy", "_groups.png"
+MAX_NAME = 239        # bytes: NAME_MAX 255 less atomic_write's ".{name}.tmp{pid}"
+
+
+def source_id(path: str | os.PathLike) -> str:
+    """How a source image is recorded: its absolute path, symlinks resolved."""
+    return str(Path(path).resolve())
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, str]:
+    """{file name: source} of the files vocabseg wrote in ``folder``; {} when there is
+    no manifest or it cannot be read (then no file there counts as vocabseg's)."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def write_manifest(folder: str | os.PathLike, files: dict[str, str]) -> None:
+    atomic_write(Path(folder) / MANIFEST, json.dumps({"files": dict(sorted(files.items()))}, indent=1))
+
+
+def _cut(stem: str, room: int) -> str:
+    """``stem`` shortened to at most ``room`` UTF-8 bytes (on a character boundary)."""
+    return stem.encode()[:room].decode(errors="ignore")
+
+
+def plan_names(paths: list[Path], suffixes: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """One output stem per input such that no two inputs share an output file name
+    (compared case-insensitively, as macOS and Windows do) and no name is too long.
+    A repeated stem becomes ``<folder>_<stem>`` (inputs in other folders),
+    ``<stem>_<ext>`` (x.png and x.jpg) or ``<stem>_<n>``. Returns (stems, notes)."""
+    room = MAX_NAME - max(len(s.encode()) for s in suffixes)
+    taken = {MANIFEST.casefold()}
+    parents: dict[str, set] = {}
+    stems, notes = [], []
+    for p in paths:
+        base = _cut(p.stem, room)
+        same_folder = p.parent.resolve() in parents.get(base.casefold(), set())
+        by_folder = [f"{p.parent.resolve().name}_{base}"] if p.parent.resolve().name else []
+        by_ext = [f"{base}_{p.suffix[1:]}"] if p.suffix[1:] else []
+        extra = by_ext + by_folder if same_folder else by_folder + by_ext
+        numbered = (_cut(base, room - 8) + f"_{n}" for n in itertools.count(2))
+        for stem in itertools.chain([base], (_cut(c, room) for c in extra), numbered):
+            names = {(stem + s).casefold() for s in suffixes}
+            if not names & taken:
+                break
+        taken |= names
+        parents.setdefault(base.casefold(), set()).add(p.parent.resolve())
+        stems.append(stem)
+        if stem != p.stem:
+            why = "another input has the same name" if stem != base else "its name is too long"
+            notes.append(f"{p} is written as {stem}* ({why})")
+    return stems, notes
+
+
+def check_targets(out: Path, planned: list[tuple[Path, str]], suffixes: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse (one line) when an output would replace a file vocabseg did not write
+    for the same source image, unless ``overwrite``; a folder in the way is always refused."""
+    own = read_manifest(out)
+    clashes = []
+    for path, stem in planned:
+        for s in suffixes:
+            target = out / (stem + s)
+            if not os.path.lexists(target):
+                continue
+            if target.is_dir() and not target.is_symlink():
+                raise UserError(f"cannot write {target}: a folder of that name is in the way")
+            if not overwrite and own.get(target.name) != source_id(path):
+                owner = own.get(target.name)
+                why = f"holds vocabseg's result for {owner}, not {path}" if owner else "was not written by vocabseg"
+                clashes.append(f"{target} {why}")
+    if clashes:
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise UserError(f"{clashes[0]}{more}; use --overwrite to replace, or another --out")
+
+
+def check_out_folder(out: Path) -> None:
+    """``out`` is (or is made) a folder that can be written into; else one line."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".vocabseg-probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write into --out {out}: {e.strerror or e}") from None
