@@ -104,6 +104,8 @@ def _opened(path: Path):
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image")
+    if not path.is_file():      # a FIFO would block the read forever, a device never ends
+        raise ImageError(f"cannot read image {path}: not a regular file")
     try:
         with Image.open(path) as im:
             if im.width < 1 or im.height < 1:

@@ -104,8 +104,13 @@ def check_targets(out: Path, planned: list[tuple[Path, str]], suffixes: tuple[st
         raise UserError(f"{clashes[0]}{more}; use --overwrite to replace, or another --out")
 
 
-def check_out_folder(out: Path) -> None:
-    """``out`` is (or is made) a folder that can be written into; else one line."""
+def check_out_folder(name: str | os.PathLike) -> Path:
+    """``name`` is (or is made) a folder that can be written into; else one line."""
+    if not str(name).strip():
+        raise UserError("--out is empty: give an output folder")
+    out = Path(name)
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     try:
@@ -115,3 +120,4 @@ def check_out_folder(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write into --out {out}: {e.strerror or e}") from None
+    return out

@@ -389,3 +389,50 @@ def test_animated_gif_and_multipage_tiff_use_the_first_frame(tmp_path, capsys):
     assert _segment(capsys, tmp_path / "anim.gif", tmp_path / "pages.tif", "--out", tmp_path / "o", *LABELS) == (0, [])
     for stem in ("anim", "pages"):
         assert json.loads((tmp_path / "o" / f"{stem}.json").read_text())["height"] == 24
+
+
+def test_fifo_or_device_as_input_does_not_hang(tmp_path, capsys, no_model):
+    os.mkfifo(tmp_path / "pipe.png")
+    rc = main(["segment", str(tmp_path / "pipe.png"), "/dev/zero", "--out", str(tmp_path / "o"), *LABELS])
+    assert rc == 1 and capsys.readouterr().err.splitlines() == [
+        f"vocabseg segment: error: cannot read image {tmp_path}/pipe.png: not a regular file",
+        "vocabseg segment: error: cannot read image /dev/zero: not a regular file",
+        "vocabseg segment: none of the 2 images could be read; nothing written"]
+
+
+def test_out_is_a_dangling_symlink(tmp_path, capsys, no_model):
+    os.symlink(tmp_path / "gone", tmp_path / "o")
+    rc, errors = _segment(capsys, _image(tmp_path / "a.png"), "--out", tmp_path / "o", *LABELS)
+    assert rc == 2 and errors == [f"vocabseg segment: error: --out {tmp_path}/o is a symbolic link to "
+                                  f"{tmp_path}/gone, which does not exist"]
+
+
+def test_out_is_empty(tmp_path, capsys, no_model):
+    rc, errors = _segment(capsys, _image(tmp_path / "a.png"), "--out", "", *LABELS)
+    assert rc == 2 and errors == ["vocabseg segment: error: --out is empty: give an output folder"]
+
+
+def test_save_scores_with_panoptic_is_refused(tmp_path, capsys, no_model):
+    rc, errors = _segment(capsys, _image(tmp_path / "a.png"), "--out", tmp_path / "o", "--task", "panoptic",
+                          "--save-scores", "--labels", "a; b", "--model", "fcclip-tiny")
+    assert rc == 2 and errors == ["vocabseg segment: error: --save-scores applies to --task semantic only"]
+
+
+def test_symlink_in_out_is_replaced_not_followed(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    (tmp_path / "o").mkdir()
+    os.symlink(tmp_path / "precious.txt", tmp_path / "o" / "a.json")
+    rc, errors = _segment(capsys, _image(tmp_path / "a.png"), "--out", tmp_path / "o", *LABELS)
+    assert rc == 2 and errors[0].startswith(f"vocabseg segment: error: {tmp_path}/o/a.json was not written by vocabseg")
+    assert _segment(capsys, tmp_path / "a.png", "--out", tmp_path / "o", "--overwrite", *LABELS) == (0, [])
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert not (tmp_path / "o" / "a.json").is_symlink() and json.loads((tmp_path / "o" / "a.json").read_text())
+
+
+def test_invalid_exif_orientation_is_ignored(tmp_path, capsys):
+    im = Image.new("RGB", (32, 24), (9, 9, 9))
+    exif = im.getexif()
+    exif[0x0112] = 9                                        # orientations are 1..8
+    im.save(tmp_path / "e.jpg", exif=exif)
+    assert _segment(capsys, tmp_path / "e.jpg", "--out", tmp_path / "o", *LABELS) == (0, [])
+    assert json.loads((tmp_path / "o" / "e.json").read_text())["height"] == 24

@@ -72,6 +72,8 @@ def check_options(args) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.tta and args.task != "semantic":
         raise UserError("--tta applies to --task semantic only")
+    if args.save_scores and args.task != "semantic":
+        raise UserError("--save-scores applies to --task semantic only")
     if args.batch_size > 1 and (args.task != "semantic" or args.show_groups or args.tta):
         raise UserError("--batch-size works for the semantic task without --show-groups or --tta (use --batch-size 1)")
 
@@ -117,8 +119,7 @@ def run(args) -> int:
     check_device(args.device)
     check_precision(args.precision, args.device)
     check_options(args)
-    out = Path(args.out)
-    check_out_folder(out)
+    out = check_out_folder(args.out)
     paths = gather_inputs(args.inputs, say)
     if not paths:
         raise UserError("no images found in " + ", ".join(args.inputs))
