@@ -436,3 +436,31 @@ def test_invalid_exif_orientation_is_ignored(tmp_path, capsys):
     im.save(tmp_path / "e.jpg", exif=exif)
     assert _segment(capsys, tmp_path / "e.jpg", "--out", tmp_path / "o", *LABELS) == (0, [])
     assert json.loads((tmp_path / "o" / "e.json").read_text())["height"] == 24
+
+
+def test_eval_out_is_checked_before_evaluation(tmp_path, capsys, no_model):
+    from vocabseg.testing.synthetic import write_benchmark
+    write_benchmark("voc20", tmp_path / "datasets", num_images=2)      # the conftest's $VOCABSEG_DATASETS
+    (tmp_path / "f").write_text("keep")
+    rc = main(["eval", "--model", "san-tiny", "--dataset", "voc20", "--out", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.splitlines() == [f"vocabseg eval: error: --out {tmp_path}/f is a file, not a folder"]
+
+
+def test_planned_names_are_the_names_results_write(tmp_path):
+    """The refusal checks the names `outputs.SUFFIXES` plans: they must be what `save` writes."""
+    import torch
+    from vocabseg.outputs import SCORES, SUFFIXES
+    from vocabseg.results import InstanceResult, PanopticResult, SemanticResult
+    from vocabseg.vocab import Vocabulary
+    v = Vocabulary.parse("a; b")
+    results = {
+        "semantic": SemanticResult(torch.zeros(4, 5, dtype=torch.long), torch.ones(4, 5), v, scores=torch.zeros(2, 4, 5)),
+        "panoptic": PanopticResult(torch.ones(4, 5, dtype=torch.int32), [{"id": 1, "category_id": 0, "isthing": False}], v),
+        "instance": InstanceResult(torch.ones(1, 4, 5, dtype=torch.bool), torch.zeros(1, dtype=torch.long),
+                                   torch.ones(1), v),
+    }
+    for task, result in results.items():
+        written = {p.name for p in result.save(tmp_path / task, "s", source="/x/s.png").values()}
+        assert written == {"s" + x for x in SUFFIXES[task] + ((SCORES,) if task == "semantic" else ())}
+        assert sorted(p.name for p in (tmp_path / task).iterdir()) == sorted(written)
