@@ -7,6 +7,7 @@ CMYK, 1-bit, 16-bit and float images are converted. An unreadable file raises
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from pathlib import Path
 
@@ -127,23 +128,28 @@ def _reason(e: Exception) -> str:
 
 
 def list_images(inputs, skipped: list | None = None) -> list[Path]:
-    """Expand files and folders (their image files, sorted, not recursive) into paths.
-    In a folder, hidden files and the outputs vocabseg wrote there (listed in its
-    manifest, see ``outputs.py``) are left out and appended to ``skipped`` if given.
-    Missing paths are kept so the caller reports them one by one."""
+    """Expand files, folders (their image files, sorted, not recursive) and quoted
+    patterns (``"photos/*.jpg"``) into paths. Of a folder or a pattern, hidden files and
+    the outputs vocabseg wrote there (listed in its manifest, see ``outputs.py``) are
+    left out and appended to ``skipped`` if given. Missing paths are kept so the caller
+    reports them one by one."""
     from .outputs import read_manifest
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            own = read_manifest(p)
-            for f in sorted(p.iterdir()):
-                if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
-                    continue
-                if not (f.name.startswith(".") or f.name in own):
-                    out.append(f)
-                elif skipped is not None:
-                    skipped.append(f)
+            members = sorted(p.iterdir())
+        elif not p.exists() and any(c in str(item) for c in "*?[") and glob.glob(str(item)):
+            members = sorted(Path(f) for f in glob.glob(str(item)))
         else:
             out.append(p)
+            continue
+        own = {folder: read_manifest(folder) for folder in {f.parent for f in members}}
+        for f in members:
+            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+                continue
+            if not (f.name.startswith(".") or f.name in own[f.parent]):
+                out.append(f)
+            elif skipped is not None:
+                skipped.append(f)
     return out

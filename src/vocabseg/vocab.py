@@ -99,10 +99,10 @@ class Vocabulary:
         p = Path(path)
         if p.is_dir():
             raise VocabularyError(f"vocabulary file {p} is a folder, not a file")
-        if not p.is_file():
+        if not p.exists():
             raise VocabularyError(f"vocabulary file not found: {p}")
         try:
-            data = p.read_bytes()
+            data = p.read_bytes()       # a pipe too: --labels-file <(grep ... classes.txt)
         except OSError as e:
             raise VocabularyError(f"cannot read vocabulary file {p}: {e.strerror or e}") from None
         encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"    # BOMs of Windows editors

@@ -464,3 +464,25 @@ def test_planned_names_are_the_names_results_write(tmp_path):
         written = {p.name for p in result.save(tmp_path / task, "s", source="/x/s.png").values()}
         assert written == {"s" + x for x in SUFFIXES[task] + ((SCORES,) if task == "semantic" else ())}
         assert sorted(p.name for p in (tmp_path / task).iterdir()) == sorted(written)
+
+
+def test_labels_file_from_process_substitution(tmp_path, capsys):
+    r, w = os.pipe()                                        # what bash's <(...) gives: /dev/fd/N, a pipe
+    os.write(w, b"cat\ndog\n")
+    os.close(w)
+    try:
+        rc, _ = _segment(capsys, _image(tmp_path / "a.png"), "--labels-file", f"/dev/fd/{r}", "--model", "san-tiny",
+                         "--out", tmp_path / "o")
+    finally:
+        os.close(r)
+    assert rc == 0 and json.loads((tmp_path / "o" / "a.json").read_text())["vocabulary"] == "cat; dog"
+
+
+def test_quoted_wildcard_is_expanded(tmp_path, capsys):
+    _image(tmp_path / "in" / "a.png")
+    _image(tmp_path / "in" / "b.jpg")
+    assert _segment(capsys, tmp_path / "in", "--out", tmp_path / "in", *LABELS) == (0, [])
+    rc = main(["segment", str(tmp_path / "in" / "*"), "--out", str(tmp_path / "o"), *LABELS])
+    err = capsys.readouterr().err
+    assert rc == 0 and "2 of 2 images" in err                # its own outputs in in/ are skipped
+    assert {"a.json", "b.json"} <= {p.name for p in (tmp_path / "o").iterdir()}
