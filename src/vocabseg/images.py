@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,8 @@ def check_image_file(path: str | os.PathLike) -> None:
 def _opened(path: Path):
     """``Image.open(path)``, with every way of failing turned into one-line ``ImageError``."""
     if not path.exists():
+        if re.match(r"(https?|ftp|s3|gs):/", str(path)):
+            raise ImageError(f"image not found: {path} (a URL is not downloaded: save the image and give its path)")
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image")

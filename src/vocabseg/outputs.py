@@ -108,7 +108,7 @@ def check_out_folder(name: str | os.PathLike) -> Path:
     """``name`` is (or is made) a folder that can be written into; else one line."""
     if not str(name).strip():
         raise UserError("--out is empty: give an output folder")
-    out = Path(name)
+    out = Path(name).expanduser()       # --out=~/results is not expanded by the shell
     if out.is_symlink() and not out.exists():
         raise UserError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():

@@ -486,3 +486,17 @@ def test_quoted_wildcard_is_expanded(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and "2 of 2 images" in err                # its own outputs in in/ are skipped
     assert {"a.json", "b.json"} <= {p.name for p in (tmp_path / "o").iterdir()}
+
+
+def test_url_as_input_says_it_is_not_downloaded(tmp_path, capsys, no_model):
+    rc = main(["segment", "https://example.com/cat.jpg", "--out", str(tmp_path / "o"), *LABELS])
+    assert rc == 1 and capsys.readouterr().err.splitlines()[0] == (
+        "vocabseg segment: error: image not found: https:/example.com/cat.jpg "
+        "(a URL is not downloaded: save the image and give its path)")
+
+
+def test_out_with_unexpanded_tilde(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", str(_image(tmp_path / "a.png")), "--out=~/results", *LABELS]) == 0
+    assert (tmp_path / "home" / "results" / "a.json").is_file() and not (tmp_path / "~").exists()
