@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 from .errors import UserError
@@ -49,6 +50,11 @@ def write_manifest(folder: str | os.PathLike, files: dict[str, str]) -> None:
     atomic_write(Path(folder) / MANIFEST, json.dumps({"files": dict(sorted(files.items()))}, indent=1))
 
 
+def _key(name: str) -> str:
+    """Names that are one file on macOS / Windows (case, composed or decomposed accents) share a key."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _cut(stem: str, room: int) -> str:
     """``stem`` shortened to at most ``room`` UTF-8 bytes (on a character boundary)."""
     return stem.encode()[:room].decode(errors="ignore")
@@ -56,26 +62,26 @@ def _cut(stem: str, room: int) -> str:
 
 def plan_names(paths: list[Path], suffixes: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """One output stem per input such that no two inputs share an output file name
-    (compared case-insensitively, as macOS and Windows do) and no name is too long.
+    (compared ignoring case and accent composition, as macOS and Windows do) and no name is too long.
     A repeated stem becomes ``<folder>_<stem>`` (inputs in other folders),
     ``<stem>_<ext>`` (x.png and x.jpg) or ``<stem>_<n>``. Returns (stems, notes)."""
     room = MAX_NAME - max(len(s.encode()) for s in suffixes)
-    taken = {MANIFEST.casefold()}
+    taken = {_key(MANIFEST)}
     parents: dict[str, set] = {}
     stems, notes = [], []
     for p in paths:
         base = _cut(p.stem, room)
-        same_folder = p.parent.resolve() in parents.get(base.casefold(), set())
+        same_folder = p.parent.resolve() in parents.get(_key(base), set())
         by_folder = [f"{p.parent.resolve().name}_{base}"] if p.parent.resolve().name else []
         by_ext = [f"{base}_{p.suffix[1:]}"] if p.suffix[1:] else []
         extra = by_ext + by_folder if same_folder else by_folder + by_ext
         numbered = (_cut(base, room - 8) + f"_{n}" for n in itertools.count(2))
         for stem in itertools.chain([base], (_cut(c, room) for c in extra), numbered):
-            names = {(stem + s).casefold() for s in suffixes}
+            names = {_key(stem + s) for s in suffixes}
             if not names & taken:
                 break
         taken |= names
-        parents.setdefault(base.casefold(), set()).add(p.parent.resolve())
+        parents.setdefault(_key(base), set()).add(p.parent.resolve())
         stems.append(stem)
         if stem != p.stem:
             why = "another input has the same name" if stem != base else "its name is too long"

@@ -7,9 +7,12 @@ vocabseg did not write for the same image is never replaced without --overwrite.
 import errno
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import vocabseg.api
@@ -156,6 +159,13 @@ def test_names_differing_only_in_case_get_distinct_names(tmp_path, capsys):
     _image(tmp_path / "b" / "x.png")
     assert main(["segment", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "o"), *LABELS]) == 0
     assert {"X.json", "b_x.json"} <= {p.name for p in (tmp_path / "o").iterdir()}   # one file on macOS / Windows
+
+
+def test_names_differing_only_in_accent_composition_get_distinct_names(tmp_path, capsys):
+    _image(tmp_path / "a" / "caf\u00e9.png")                  # é composed (Linux) and decomposed (macOS)
+    _image(tmp_path / "b" / "cafe\u0301.png")
+    assert main(["segment", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "o"), *LABELS]) == 0
+    assert {"caf\u00e9.json", "b_cafe\u0301.json"} <= {p.name for p in (tmp_path / "o").iterdir()}
 
 
 # --- item 12: --out checked first; one image's write failure does not stop the others -----------------
@@ -500,3 +510,19 @@ def test_out_with_unexpanded_tilde(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["segment", str(_image(tmp_path / "a.png")), "--out=~/results", *LABELS]) == 0
     assert (tmp_path / "home" / "results" / "a.json").is_file() and not (tmp_path / "~").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(files=st.lists(st.tuples(st.sampled_from(["a", "b", "A", "a/b"]),
+                                st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="/\x00"),
+                                        min_size=1, max_size=130),
+                                st.sampled_from([".png", ".jpg", ".PNG", ""])), max_size=12))
+def test_planned_output_names_never_collide(files):
+    from pathlib import Path
+    from vocabseg.outputs import SUFFIXES, plan_names
+    suffixes = SUFFIXES["semantic"] + ("_scores.npy", "_groups.png")
+    paths = [Path("/in") / folder / (name + ext) for folder, name, ext in files]
+    stems, _ = plan_names(paths, suffixes)
+    names = [unicodedata.normalize("NFC", s + x).casefold() for s in stems for x in suffixes]
+    assert len(set(names)) == len(names) and MANIFEST.casefold() not in names
+    assert all(len(n.encode()) <= 239 for n in names) and plan_names(paths, suffixes)[0] == stems
