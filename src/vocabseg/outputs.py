@@ -1,12 +1,13 @@
 """Which files in an output folder vocabseg wrote, and for which image.
 
 `vocabseg segment` keeps a manifest, ``.vocabseg-manifest.json`` in ``--out``:
-``{"files": {output file name: absolute path of the source image}}``. A file
-in ``--out`` is vocabseg's own only if the manifest lists it; it is replaced
-without asking only when it holds the result of the same source image (a rerun
-of the same command). Anything else is refused unless ``--overwrite``. Reading
-a folder skips the files its manifest lists, so a rerun into the input folder
-does not segment its own outputs.
+``{"files": {output file name: {"source": absolute path of the source image,
+"stat": [size, mtime_ns]}}}``. A file in ``--out`` is vocabseg's own only if the
+manifest lists it and it is unchanged since (a label map corrected by hand is the
+user's); it is replaced without asking only when it holds the result of the same
+source image (a rerun of the same command). Anything else is refused unless
+``--overwrite``. Reading a folder skips the files its manifest lists, so a rerun
+into the input folder does not segment its own outputs.
 """
 from __future__ import annotations
 
@@ -35,19 +36,41 @@ def source_id(path: str | os.PathLike) -> str:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, str]:
-    """{file name: source} of the files vocabseg wrote in ``folder``; {} when there is
-    no manifest or it cannot be read (then no file there counts as vocabseg's)."""
+    """{file name: source} of the files vocabseg wrote in ``folder`` and nobody changed
+    since (size and modification time as recorded); {} when there is no manifest or it
+    cannot be read (then no file there counts as vocabseg's)."""
     try:
         files = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, AttributeError):
         return {}
     if not isinstance(files, dict):
         return {}
-    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+    own = {}
+    for name, entry in files.items():
+        if isinstance(entry, str):              # claimed by a run that did not finish
+            own[name] = entry
+        elif isinstance(entry, dict) and isinstance(entry.get("source"), str) and \
+                entry.get("stat") == _stat(Path(folder) / name):
+            own[name] = entry["source"]
+    return own
 
 
-def write_manifest(folder: str | os.PathLike, files: dict[str, str]) -> None:
-    atomic_write(Path(folder) / MANIFEST, json.dumps({"files": dict(sorted(files.items()))}, indent=1))
+def write_manifest(folder: str | os.PathLike, files: dict[str, str], claimed=()) -> None:
+    """Record ``files`` ({name: source}) as vocabseg's, each with its current size and
+    modification time (an edited file is the user's again); names in ``claimed`` are
+    about to be written and recorded without them."""
+    folder = Path(folder)
+    entries = {n: s if n in claimed or _stat(folder / n) is None else {"source": s, "stat": _stat(folder / n)}
+               for n, s in sorted(files.items())}
+    atomic_write(folder / MANIFEST, json.dumps({"files": entries}, indent=1))
+
+
+def _stat(path: Path) -> list | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _key(name: str) -> str:

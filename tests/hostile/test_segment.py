@@ -92,16 +92,25 @@ def test_overwrite_replaces_users_file(tmp_path, capsys):
     assert rc == 0 and errors == []
     assert np.array(Image.open(tmp_path / "out" / "a_labels.png")).shape == (24, 32)
     manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())["files"]
-    assert manifest["a_labels.png"] == str((tmp_path / "a.png").resolve())
+    assert manifest["a_labels.png"]["source"] == str((tmp_path / "a.png").resolve())
 
 
 def test_rerun_of_same_command_needs_no_overwrite(tmp_path, capsys):
     _image(tmp_path / "in" / "a.png")
     args = [tmp_path / "in", "--out", tmp_path / "out", *LABELS]
     assert _segment(capsys, *args) == (0, [])
-    (tmp_path / "out" / "a.json").write_text("{}")         # stale: the rerun must rewrite it
     assert _segment(capsys, *args, "--labels", "c; d; e") == (0, [])
     assert json.loads((tmp_path / "out" / "a.json").read_text())["vocabulary"] == "c; d; e"
+
+
+def test_hand_edited_output_is_not_overwritten(tmp_path, capsys):
+    _image(tmp_path / "a.png")
+    assert main(["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), *LABELS]) == 0
+    (tmp_path / "o" / "a_labels.png").write_bytes(b"labels corrected by hand")
+    rc, errors = _segment(capsys, tmp_path / "a.png", "--out", tmp_path / "o", *LABELS)
+    assert rc == 2 and errors == [f"vocabseg segment: error: {tmp_path}/o/a_labels.png was not written by vocabseg; "
+                                  "use --overwrite to replace, or another --out"]
+    assert (tmp_path / "o" / "a_labels.png").read_bytes() == b"labels corrected by hand"
 
 
 def test_rerun_into_input_folder_skips_own_outputs(tmp_path, capsys):

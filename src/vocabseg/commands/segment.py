@@ -154,7 +154,7 @@ def run(args) -> int:
     claims = {stem + s: source_id(p) for p, stem in planned for s in suffixes}
     existed = {n for n in claims if os.path.lexists(out / n)}
     if rank == 0:       # claimed before any output exists, so an interrupted run leaves no unowned file
-        write_manifest(out, {**before, **claims})
+        write_manifest(out, {**before, **claims}, claimed=claims)
     start = time.perf_counter()
     bar = tqdm(total=len(mine), desc="segmenting", unit="image", disable=rank != 0 or len(mine) < 2)
     try:
