@@ -6,7 +6,10 @@ CMYK, 1-bit, 16-bit and float images are converted. An unreadable file raises
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,20 +74,13 @@ def load_image(image) -> torch.Tensor:
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.exists():
-            raise ImageError(f"image not found: {path}")
-        if path.is_dir():
-            raise ImageError(f"{path} is a folder, not an image")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                rgb = pil_to_rgb(im)
-        except Image.DecompressionBombError:
-            raise ImageError(f"cannot read image {path}: too many pixels to decode safely") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"cannot read image {path}: {_reason(e)}") from None
+        with _opened(path) as im:
+            im.load()
+            rgb = pil_to_rgb(im)
         return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
     if isinstance(image, Image.Image):
+        if image.width < 1 or image.height < 1:
+            raise ImageError(f"the image is empty ({image.width}x{image.height} pixels)")
         return torch.from_numpy(np.asarray(pil_to_rgb(image)).copy()).permute(2, 0, 1).contiguous()
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
@@ -96,6 +92,37 @@ def load_image(image) -> torch.Tensor:
     raise ImageError(f"cannot use a {type(image).__name__} as an image: give a path, a PIL image or an array")
 
 
+def check_image_file(path: str | os.PathLike) -> None:
+    """Raise ``ImageError`` unless ``path`` is a file whose header Pillow reads (the
+    pixels are not decoded: cheap enough to check every input before a model loads)."""
+    with _opened(Path(path)):
+        pass
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    """``Image.open(path)``, with every way of failing turned into one-line ``ImageError``."""
+    if not path.exists():
+        if re.match(r"(https?|ftp|s3|gs):/", str(path)):
+            raise ImageError(f"image not found: {path} (a URL is not downloaded: save the image and give its path)")
+        raise ImageError(f"image not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image")
+    if not path.is_file():      # a FIFO would block the read forever, a device never ends
+        raise ImageError(f"cannot read image {path}: not a regular file")
+    try:
+        with Image.open(path) as im:
+            if im.width < 1 or im.height < 1:
+                raise ImageError(f"cannot read image {path}: it has no pixels ({im.width}x{im.height})")
+            yield im
+    except Image.DecompressionBombError:
+        raise ImageError(f"cannot read image {path}: too many pixels to decode safely") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"cannot read image {path}: {_reason(e)}") from None
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, UnidentifiedImageError):
         return "not an image file or a format Pillow cannot read"
@@ -103,14 +130,29 @@ def _reason(e: Exception) -> str:
     return msg or type(e).__name__
 
 
-def list_images(inputs) -> list[Path]:
-    """Expand files and folders (their image files, sorted, not recursive) into paths.
-    Missing paths are kept so the caller reports them one by one."""
+def list_images(inputs, skipped: list | None = None) -> list[Path]:
+    """Expand files, folders (their image files, sorted, not recursive) and quoted
+    patterns (``"photos/*.jpg"``) into paths. Of a folder or a pattern, hidden files and
+    the outputs vocabseg wrote there (listed in its manifest, see ``outputs.py``) are
+    left out and appended to ``skipped`` if given. Missing paths are kept so the caller
+    reports them one by one."""
+    from .outputs import read_manifest
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            members = sorted(p.iterdir())
+        elif not p.exists() and any(c in str(item) for c in "*?[") and glob.glob(str(item)):
+            members = sorted(Path(f) for f in glob.glob(str(item)))
         else:
             out.append(p)
+            continue
+        own = {folder: read_manifest(folder) for folder in {f.parent for f in members}}
+        for f in members:
+            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+                continue
+            if not (f.name.startswith(".") or f.name in own[f.parent]):
+                out.append(f)
+            elif skipped is not None:
+                skipped.append(f)
     return out

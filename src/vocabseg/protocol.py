@@ -43,7 +43,7 @@ def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, 
     if max(nh, nw) > max_size:
         s = max_size / max(nh, nw)
         nh, nw = nh * s, nw * s
-    return int(nh + 0.5), int(nw + 0.5)
+    return max(int(nh + 0.5), 1), max(int(nw + 0.5), 1)     # a 1 x 20000 image keeps one row
 
 
 def resized_size(h: int, w: int, short: int, max_side: int, rule: str = "mmcv") -> tuple[int, int]:
@@ -53,7 +53,7 @@ def resized_size(h: int, w: int, short: int, max_side: int, rule: str = "mmcv") 
     if rule == "detectron2":
         return shortest_edge_size(h, w, short, max_side)
     scale = min(max_side / max(h, w), short / min(h, w))
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
 
 
 def resize_short_side(image: torch.Tensor, short: int, max_side: int, backend: str = "torch") -> torch.Tensor:

@@ -61,6 +61,10 @@ def _save_json(obj, path: Path) -> None:
     atomic_write(path, json.dumps(finite_json(obj), indent=1, allow_nan=False))
 
 
+def _with_source(record: dict, source) -> dict:
+    return {"source": str(source), **record} if source is not None else record
+
+
 def _image_hw3(image: torch.Tensor | None, h: int, w: int) -> np.ndarray:
     if image is None:
         return np.full((h, w, 3), 128, np.uint8)
@@ -123,16 +127,17 @@ class SemanticResult:
         entries = [(tuple(pal[c["id"]]), f"{c['name']}  {100 * c['share']:.1f}%") for c in self.summary()["classes"]]
         return render.with_legend(out, entries)
 
-    def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    def save(self, out_dir: str | os.PathLike, stem: str, source: str | None = None) -> dict[str, Path]:
         """Write ``<stem>_labels.png``, ``<stem>_overlay.png``, ``<stem>.json`` (and
-        ``<stem>_scores.npy`` when scores are held)."""
+        ``<stem>_scores.npy`` when scores are held); ``source``, the image's path, is
+        recorded in the JSON."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png",
                  "summary": out / f"{stem}.json"}
         _save_png(self.label_image(), paths["labels"])
         _save_png(self.overlay(), paths["overlay"])
-        _save_json(self.summary(), paths["summary"])
+        _save_json(_with_source(self.summary(), source), paths["summary"])
         if self.scores is not None:
             paths["scores"] = out / f"{stem}_scores.npy"
             atomic_write(paths["scores"], lambda f: np.save(f, self.scores.cpu().numpy()))
@@ -205,15 +210,16 @@ class PanopticResult:
         return {"image_id": image_id, "file_name": file_name, "segments_info": self.segments_info(),
                 "categories": [{"id": i, "name": n} for i, n in enumerate(self.vocabulary.names)]}
 
-    def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
-        """Write ``<stem>_panoptic.png`` (COCO id -> RGB), ``<stem>_panoptic.json``, ``<stem>_overlay.png``."""
+    def save(self, out_dir: str | os.PathLike, stem: str, source: str | None = None) -> dict[str, Path]:
+        """Write ``<stem>_panoptic.png`` (COCO id -> RGB), ``<stem>_panoptic.json`` (with
+        ``source``, the image's path, when given), ``<stem>_overlay.png``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"panoptic": out / f"{stem}_panoptic.png", "summary": out / f"{stem}_panoptic.json",
                  "overlay": out / f"{stem}_overlay.png"}
         _save_png(Image.fromarray(render.ids_to_rgb(self.pan_seg.cpu().numpy())), paths["panoptic"])
-        _save_json({**self.to_coco(stem, paths["panoptic"].name), "model": self.model,
-                    "vocabulary": self.vocabulary.to_string()}, paths["summary"])
+        _save_json(_with_source({**self.to_coco(stem, paths["panoptic"].name), "model": self.model,
+                                 "vocabulary": self.vocabulary.to_string()}, source), paths["summary"])
         _save_png(self.overlay(), paths["overlay"])
         return paths
 
@@ -257,12 +263,13 @@ class InstanceResult:
                     f"{float(self.scores[i]):.2f}") for i in reversed(keep)]
         return render.with_legend(out, entries) if legend else Image.fromarray(out)
 
-    def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
-        """Write ``<stem>_instances.json`` (COCO results with RLE) and ``<stem>_overlay.png``."""
+    def save(self, out_dir: str | os.PathLike, stem: str, source: str | None = None) -> dict[str, Path]:
+        """Write ``<stem>_instances.json`` (COCO results with RLE; ``source``, the image's
+        path, when given) and ``<stem>_overlay.png``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"instances": out / f"{stem}_instances.json", "overlay": out / f"{stem}_overlay.png"}
-        _save_json({"model": self.model, "vocabulary": self.vocabulary.to_string(),
-                    "instances": self.to_coco(stem)}, paths["instances"])
+        _save_json(_with_source({"model": self.model, "vocabulary": self.vocabulary.to_string(),
+                                 "instances": self.to_coco(stem)}, source), paths["instances"])
         _save_png(self.overlay(), paths["overlay"])
         return paths

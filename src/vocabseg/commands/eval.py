@@ -80,6 +80,9 @@ def run(args) -> int:
         raise UserError("--workers must be 0 (load in this process) or more")
     if args.templates is not None and args.templates not in TEMPLATE_SETS:
         raise UserError(f"unknown template set {args.templates!r}; use {', '.join(TEMPLATE_SETS)}")
+    if args.out is not None:
+        from ..outputs import check_out_folder
+        check_out_folder(args.out)      # before hours of evaluation, not after
     convention = None if args.vocab_convention == "default" else args.vocab_convention
     if args.out:
         _check_out(Path(args.out))
