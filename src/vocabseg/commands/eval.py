@@ -54,17 +54,6 @@ def _name(model, given: str) -> str:
     return preset if preset and not Path(given).exists() else Path(given).name
 
 
-def _check_out(out: Path) -> None:
-    """``--out`` must be a folder that can be written (made if absent), checked before the model loads."""
-    import os
-    from ..errors import UserError
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    parent = next((p for p in [out, *out.parents] if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: cannot write there (folder {parent} is not writable)")
-
-
 def run(args) -> int:
     from ..data import get_dataset
     from ..engine import distributed as D
@@ -84,8 +73,6 @@ def run(args) -> int:
         from ..outputs import check_out_folder
         check_out_folder(args.out)      # before hours of evaluation, not after
     convention = None if args.vocab_convention == "default" else args.vocab_convention
-    if args.out:
-        _check_out(Path(args.out))
     try:
         datasets = [get_dataset(name, args.split, args.root, allow_missing=args.allow_missing)
                     for name in args.dataset]
