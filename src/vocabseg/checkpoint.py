@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .backbones.clip import clip_activation
 from .convert import mismatch
 from .errors import CheckpointError
 from .files import atomic_write
@@ -52,6 +53,9 @@ def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -
     # safetensors writes by file name: into the temporary file, which atomic_write then renames
     atomic_write(folder / WEIGHTS, lambda f: save_model(model, f.name, metadata={"format": FORMAT}))
     meta = {"format": FORMAT, "version": 1, "config": config, **(extra or {})}
+    act = clip_activation(model)
+    if act:      # not a weight: OpenAI CLIP's QuickGELU would otherwise come back as the arch's GELU
+        meta["clip_activation"] = act
     atomic_write(folder / CONFIG, json.dumps(meta, indent=1, default=str))
     return folder
 

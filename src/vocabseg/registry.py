@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .backbones.clip import set_clip_activation
 from .checkpoint import CONFIG, WEIGHTS, folder_of, is_checkpoint, load_weights, read_config
 from .errors import CheckpointError, UnknownModel, UserError, WeightsNotFound
 from .hub import fetch_weights
@@ -59,7 +60,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     """The preset named in a vocabseg checkpoint folder, built with the options saved
     there (``options`` on top) and the folder's weights loaded strictly."""
     folder = folder_of(path)
-    saved = dict(read_config(folder)["config"])
+    meta = read_config(folder)
+    saved = dict(meta["config"])
     try:
         spec = get_spec(saved.pop("preset"))
     except UnknownModel as e:
@@ -67,8 +69,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     kwargs = {k: v for k, v in {**saved, **options}.items() if k != "clip_weights"}
     model = _build(spec, None, kwargs, folder)      # every weight comes from the file
     model.config = {"preset": spec.name, **saved, **options}
-    load_weights(model, path)
+    load_saved(model, folder, meta)
     return model.to(device).eval()
+
+
+def load_saved(model, folder, meta: dict) -> None:
+    """The checkpoint's weights and its CLIP activation (not a weight) into ``model``."""
+    if meta.get("clip_activation") in ("quick_gelu", "gelu"):
+        set_clip_activation(model, meta["clip_activation"])
+    load_weights(model, folder)
 
 
 def build(name: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
@@ -96,7 +105,7 @@ def build(name: str | os.PathLike | None = None, weights: str | os.PathLike | No
             if not options and pretrained:
                 return load_checkpoint(weights, device)
             model = _build(spec, None, options)
-            load_weights(model, weights)
+            load_saved(model, folder_of(weights), read_config(weights))
             return model.to(device).eval()
         if os.path.isdir(weights):
             raise UserError(not_a_checkpoint(weights))
