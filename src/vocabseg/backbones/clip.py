@@ -98,6 +98,13 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
             tags = [t for a, t in open_clip.list_pretrained() if a == arch]
             raise ValueError(f"unknown weights {weights!r} for {arch}; open_clip knows: {', '.join(tags) or 'none'}")
         quick_gelu = bool(cfg.get("quick_gelu", False))
+        if not clip_cached(arch, weights):
+            from ..hub import hub_endpoint, unreachable
+            why = unreachable(hub_endpoint() if cfg.get("hf_hub") else cfg.get("url", ""))
+            if why:
+                raise WeightsNotFound(
+                    f"CLIP weights {arch}/{weights} are not downloaded yet: {why}. Download them where you have "
+                    f"network (they are cached under {clip_cache_dir()}), or pass a local file with --clip-weights PATH")
     elif weights:
         state, openai = read_clip_file(weights)
         quick_gelu = openai
@@ -112,7 +119,7 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
     except (RuntimeError, OSError) as e:  # huggingface_hub / urllib failures are OSError or RuntimeError
         if weights and not os.path.isfile(weights):
             raise WeightsNotFound(
-                f"could not get CLIP weights {arch}/{weights} ({type(e).__name__}: {str(e)[:200]}). "
+                f"could not get CLIP weights {arch}/{weights} ({type(e).__name__}). "
                 f"Download them where you have network (they are cached under {clip_cache_dir()}), "
                 f"or pass a local file with --clip-weights PATH") from None
         raise
@@ -224,9 +231,10 @@ def warn_activation(arch: str, path) -> None:
     key = (arch, str(Path(path).resolve()))
     if key not in _warned:
         _warned.add(key)
+        alt = f"clip_arch='{arch}-quickgelu' or " if f"{arch}-quickgelu" in open_clip.list_models() else ""
         warnings.warn(f"CLIP weights {path} do not say whether they are OpenAI's (QuickGELU) or open_clip-trained "
                       f"(GELU): assuming {arch}'s GELU; for OpenAI weights pass OpenAI's own .pt file, "
-                      f"clip_arch='{arch}-quickgelu' or quick_gelu=True", stacklevel=3)
+                      f"{alt}quick_gelu=True", stacklevel=3)
 
 
 def clip_cache_dir() -> Path:
