@@ -49,8 +49,8 @@ def load_torch_file(path: str | os.PathLike, allowed: list | tuple = ()):
                "it is not a PyTorch weight file, or it holds objects other than tensors and plain data")
     except EOFError:
         why = "it is empty or truncated"
-    except RuntimeError as e:
-        why = ("it is truncated or corrupt (an incomplete zip archive)" if "zip archive" in str(e)
+    except (RuntimeError, OSError) as e:     # torch's zip reader on a cut file: "zip archive" / EINVAL
+        why = ("it is truncated or corrupt" if isinstance(e, OSError) or "zip archive" in str(e)
                else "it is not a PyTorch weight file")
     except Exception:   # any other failure of a foreign file
         why = "it is not a PyTorch weight file"

@@ -110,7 +110,7 @@ def load_training_state(path: str | os.PathLike) -> dict:
     ``CheckpointError`` naming the file(s) and why when nothing can be resumed."""
     path = Path(path)
     if not path.is_dir():
-        return read_training_state(path)
+        return {**read_training_state(path), "skipped": []}
     found = candidates(path) or candidates(path.parent)
     if not found:
         raise FileNotFoundError(f"nothing to resume: no checkpoint (checkpoints/iter_*.pt) under {path}")
