@@ -94,9 +94,13 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
     forced, quick_gelu, state = quick_gelu, False, None
     if weights and not os.path.isfile(weights):
         cfg = open_clip.get_pretrained_cfg(arch, weights)
+        if not cfg and (os.path.lexists(weights) or os.sep in weights or Path(weights).suffix):
+            raise WeightsNotFound(f"CLIP weights file not found: {weights}" if not os.path.isdir(weights)
+                                  else f"CLIP weights {weights} is a folder, not a weight file")
         if not cfg:
             tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-            raise ValueError(f"unknown weights {weights!r} for {arch}; open_clip knows: {', '.join(tags) or 'none'}")
+            raise CheckpointError(f"unknown CLIP weights {weights!r} for {arch} (neither a file nor a tag open_clip "
+                                  f"knows: {', '.join(tags) or 'none'})")
         quick_gelu = bool(cfg.get("quick_gelu", False))
         if not clip_cached(arch, weights):
             from ..hub import hub_endpoint, unreachable
@@ -108,8 +112,6 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
     elif weights:
         state, openai = read_clip_file(weights)
         quick_gelu = openai
-        if forced is None and not openai and not arch_quick_gelu(arch):
-            warn_activation(arch, weights)
     if forced is not None:
         quick_gelu = bool(forced)
     try:
@@ -125,8 +127,11 @@ def create_clip(arch: str, weights: str | None = None, device: str | torch.devic
         raise
     if state is not None:
         load_clip_state(model, state, arch, weights)
+        if forced is None and not quick_gelu and not arch_quick_gelu(arch):
+            warn_activation(arch, weights)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(arch)
+    with quiet_random_init():       # open_clip logs through the root logger here too
+        tokenizer = open_clip.get_tokenizer(arch)
     if weights is None:
         identity = f"{arch}:random:{tensor_fingerprint(model)}" if fingerprint else f"{arch}:random"
     elif os.path.isfile(weights):
