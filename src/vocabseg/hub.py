@@ -67,13 +67,17 @@ def fetch_weights(spec) -> Path:
     target = cached_weights(src)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     how = (f"Download {src.filename} from "
            + (f"https://huggingface.co/{src.repo_id}" if src.repo_id else src.url)
            + f" and pass it with --weights PATH (Python: weights=PATH), or place it at {target}")
     why = unreachable(hub_endpoint() if src.repo_id else src.url)
     if why and not (src.repo_id and _hf_cached(src)):
         raise WeightsNotFound(f"model {spec.name} needs {src.filename}, which is not downloaded yet: {why}. {how}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:        # a read-only $VOCABSEG_HOME
+        raise WeightsNotFound(f"model {spec.name} needs {src.filename}, which cannot be saved under {target.parent} "
+                              f"({e.strerror or type(e).__name__}). {how}") from None
     try:
         if src.repo_id:
             from huggingface_hub import hf_hub_download

@@ -482,6 +482,18 @@ def test_offline_first_use_is_one_attempt_and_one_line(ck, tmp_path, env):
     assert msg.endswith("or pass a local file with --clip-weights PATH")
 
 
+def test_weights_folder_that_cannot_be_written_is_one_line(ck, tmp_path, capsys, monkeypatch):
+    import vocabseg.hub
+    monkeypatch.setattr(vocabseg.hub, "unreachable", lambda url: None)      # as if online
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "weights").write_text("")                 # cannot hold downloads, root or not
+    monkeypatch.setenv("VOCABSEG_HOME", str(home))
+    code, _, err = segment(capsys, ck, tmp_path, "--model", "san-vit-b16")
+    assert code == 2 and one_line(err).startswith(
+        f"model san-vit-b16 needs san_vit_b_16.pth, which cannot be saved under {home / 'weights'} (")
+
+
 # --- smaller ones ---------------------------------------------------------------------------------
 def test_unknown_model_suggests_close_names(ck, tmp_path, capsys):
     code, _, err = segment(capsys, ck, tmp_path, "--model", "san-vit-b61")
