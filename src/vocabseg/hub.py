@@ -33,9 +33,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``VOCABSEG_OFFLINE``) is set: nothing is downloaded."""
-    return any(os.environ.get(k, "0").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "VOCABSEG_OFFLINE"))
+    """``HF_HUB_OFFLINE`` is set: nothing is downloaded."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def hub_endpoint() -> str:

@@ -409,6 +409,14 @@ def test_empty_folder_as_model_is_one_line(ck, tmp_path, capsys):
     assert code == 2 and one_line(err).startswith(f"{tmp_path / 'empty'} is not a vocabseg checkpoint folder")
 
 
+def test_file_instead_of_a_folder_as_model_is_one_line(ck, tmp_path, capsys):
+    shutil.copy(ck / "san-tiny" / "model.safetensors", tmp_path / "san.pth")
+    code, _, err = segment(capsys, ck, tmp_path, "--model", tmp_path / "san.pth")
+    assert code == 2 and one_line(err) == (f"{tmp_path / 'san.pth'} is not a vocabseg checkpoint folder (model."
+                                           f"safetensors + config.json); for a published file use --model NAME "
+                                           f"--weights {tmp_path / 'san.pth'}")
+
+
 def test_missing_model_path_is_one_line(ck, tmp_path, capsys):
     code, _, err = segment(capsys, ck, tmp_path, "--model", tmp_path / "nowhere")
     assert code == 2 and one_line(err).startswith(f"{tmp_path / 'nowhere'} does not exist")

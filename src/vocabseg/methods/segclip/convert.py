@@ -143,5 +143,5 @@ def load_published(model, path: str, clip_state_dict: dict | None = None,
     ours = to_ours(sd) if detect(sd) else sd
     lacks_clip = any(k.startswith("clip.") and k not in ours for k in model.state_dict())
     if lacks_clip and clip_state_dict is None:
-        clip_state_dict = create_clip(*clip)[0].state_dict()
+        clip_state_dict = create_clip(*clip, quick_gelu=True)[0].state_dict()   # weights only: no activation guess
     return load_into(model, sd, clip_state_dict)
