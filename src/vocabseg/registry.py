@@ -102,6 +102,7 @@ def build(name: str | os.PathLike | None = None, weights: str | os.PathLike | No
             if name is not None and saved != spec.name:
                 raise UserError(f"--model {spec.name} disagrees with checkpoint {folder_of(weights)}, which holds "
                                 f"{saved}: drop --model (the checkpoint names its model) or pass its weights")
+            spec = get_spec(saved)
             if not options and pretrained:
                 return load_checkpoint(weights, device)
             model = _build(spec, None, options)
