@@ -475,6 +475,7 @@ def test_segclip_without_training_only_parts_loads_for_inference(ck, tmp_path, d
 
 
 # --- item 15: offline first use ----------------------------------------------------------------
+@pytest.mark.slow      # a fresh interpreter per case
 @pytest.mark.parametrize("env", [{"HF_ENDPOINT": "http://127.0.0.1:9"}, {"HF_HUB_OFFLINE": "1"}])
 def test_offline_first_use_is_one_attempt_and_one_line(ck, tmp_path, env):
     clean = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "HF_HUB_OFFLINE"}
@@ -508,6 +509,7 @@ def test_unknown_model_suggests_close_names(ck, tmp_path, capsys):
     assert code == 2 and one_line(err).startswith("unknown model 'san-vit-b61'; did you mean san-vit-b16")
 
 
+@pytest.mark.slow      # a fresh interpreter
 def test_loading_a_checkpoint_prints_no_random_init_warning(ck):
     """Nothing on stderr, and no root log handler left behind (it would print every library's
     warnings, e.g. the Hub's retries, a second time)."""
