@@ -22,7 +22,7 @@ def test_detectron2_style_file_with_numpy_arrays_loads_as_tensors(tmp_path):
 def test_code_in_a_pickle_is_refused_in_one_line(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"a": _Evil()}}, path)
-    with pytest.raises(ValueError, match="does not load safely|not a checkpoint that loads safely") as e:
+    with pytest.raises(ValueError, match="cannot load .*evil.pth: refused: it would import print") as e:
         load_file(path)
     assert "\n" not in str(e.value) and "this must never run" not in capsys.readouterr().out
 

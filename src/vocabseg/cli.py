@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .commands import bench, demo, eval, models, prepare, segment, train
 from .errors import UserError
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    shown = warnings.formatwarning      # a warning is one line: "vocabseg <cmd>: warning: ..."
+    warnings.formatwarning = lambda message, *a, **k: f"vocabseg {args.command}: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
     except (UserError, FileNotFoundError) as e:
@@ -38,6 +41,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

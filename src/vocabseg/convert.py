@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 
 import numpy as np
 import torch
+
+from .errors import CheckpointError
+from .torchfile import load_torch_file
 
 
 def unwrap(state_dict: dict) -> dict:
@@ -22,17 +24,10 @@ def load_file(path: str | os.PathLike) -> dict:
     """A published checkpoint's state dict, loaded with ``weights_only=True`` (no code
     runs). Checkpoints converted by detectron2 tools may hold numpy arrays: those
     (and only those) are allowed too and turned into tensors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:   # one clear line
-        raise ValueError(f"{path} is not a checkpoint that loads safely (weights only): "
-                         f"{str(e).splitlines()[0][:300]}") from None
+    obj = load_torch_file(path, _NUMPY_GLOBALS)
     sd = unwrap(obj) if isinstance(obj, dict) else None
     if sd is None:
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"cannot load {path}: it holds a {type(obj).__name__}, not a state dict")
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
 
 

@@ -28,3 +28,7 @@ class WeightsNotFound(UserError, FileNotFoundError):
 
 class ConfigError(UserError, ValueError):
     """A training config that does not follow the schema."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A weight file or checkpoint folder that cannot be used; the message names it and says why."""

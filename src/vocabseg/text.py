@@ -104,6 +104,9 @@ def encode_text_tokens(clip_model, tokens: torch.Tensor) -> torch.Tensor:
     return project_text(clip_model, x[torch.arange(x.shape[0], device=x.device), t.argmax(dim=-1)])
 
 
+_UNWRITABLE: set = set()     # text cache folders already reported as not writable
+
+
 class TextEncoder:
     """Encodes class names with prompt templates through a CLIP text tower.
 
@@ -163,11 +166,23 @@ class TextEncoder:
         if emb is None:
             emb = self._encode(names)
             if self.cache:
-                atomic_write(path, lambda f: torch.save(emb, f))
+                self._write_cache(path, emb)
         self._memory[key] = emb
         while len(self._memory) > self.memory_size:
             self._memory.popitem(last=False)
         return emb
+
+    def _write_cache(self, path: Path, emb: torch.Tensor) -> None:
+        """Write a cache entry; a cache folder that cannot be written (read-only
+        ``$VOCABSEG_HOME``, full disk) leaves the entry in memory, with one warning."""
+        try:
+            atomic_write(path, lambda f: torch.save(emb, f))
+        except OSError as e:
+            root = vocabseg_home() / "text"
+            if root not in _UNWRITABLE:
+                _UNWRITABLE.add(root)
+                warnings.warn(f"text cache {root} cannot be written ({e.strerror or type(e).__name__}): "
+                              f"embeddings are kept in memory for this session only", stacklevel=3)
 
     @torch.no_grad()
     def _encode(self, names: Sequence[str]) -> torch.Tensor:

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...errors import CheckpointError
 from ...files import atomic_write
+from ...torchfile import load_torch_file
 
 
 def rng_state() -> dict:
@@ -82,28 +84,53 @@ def save_training_state(output_dir, state: dict, keep: int = 2) -> Path:
 
 def last_checkpoint(output_dir) -> Path | None:
     """The newest checkpoint of a run folder, or None."""
+    found = candidates(output_dir)
+    return found[0] if found else None
+
+
+def candidates(output_dir) -> list[Path]:
+    """A run folder's checkpoints, newest first: the one ``last`` points at, then
+    ``iter_*.pt`` by iteration."""
     folder = checkpoint_dir(output_dir)
+    found = sorted(folder.glob("iter_*.pt"), reverse=True)
     pointer = folder / "last"
-    if pointer.is_file():
-        path = folder / pointer.read_text().strip()
-        if path.is_file():
-            return path
-    found = sorted(folder.glob("iter_*.pt"))
-    return found[-1] if found else None
+    try:
+        named = folder / pointer.read_text().strip() if pointer.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        named = None
+    if named is not None and named.parent == folder and named.is_file():
+        found = [named] + [p for p in found if p != named]
+    return found
 
 
 def load_training_state(path: str | os.PathLike) -> dict:
+    """The training state in checkpoint file ``path``, or the newest intact one of run
+    folder ``path``. A damaged or refused file is skipped in favour of the next older one:
+    the state's ``skipped`` lists them with the reason (one line each). Raises
+    ``CheckpointError`` naming the file(s) and why when nothing can be resumed."""
     path = Path(path)
-    if path.is_dir():
-        found = last_checkpoint(path) or last_checkpoint(path.parent)
-        if found is None:
-            raise FileNotFoundError(f"no training checkpoint (checkpoints/iter_*.pt) under {path}")
-        path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"training checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("iteration", "model", "optimizer", "rng"):
-        if key not in state:
-            raise ValueError(f"{path} is not a vocabseg training checkpoint (no {key!r})")
+    if not path.is_dir():
+        return {**read_training_state(path), "skipped": []}
+    found = candidates(path) or candidates(path.parent)
+    if not found:
+        raise FileNotFoundError(f"nothing to resume: no checkpoint (checkpoints/iter_*.pt) under {path}")
+    skipped = []
+    for file in found:
+        try:
+            state = read_training_state(file)
+        except CheckpointError as e:
+            skipped.append(str(e))
+            continue
+        state["skipped"] = skipped
+        return state
+    raise CheckpointError(f"nothing to resume under {path}: no checkpoint is intact ({'; '.join(skipped)})")
+
+
+def read_training_state(path: Path) -> dict:
+    """One checkpoint file's state (``load_torch_file``: weights only, one-line errors)."""
+    state = load_torch_file(path)
+    missing = [k for k in ("iteration", "model", "optimizer", "rng") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"cannot load {path}: it is not a vocabseg training checkpoint (no {missing[0]!r})")
     state["path"] = str(path)
     return state

@@ -32,7 +32,8 @@ import yaml
 from ... import registry
 from ...checkpoint import save_checkpoint
 from ...data import get_dataset
-from ...errors import UserError
+from ...convert import mismatch
+from ...errors import CheckpointError, UserError
 from ...vocab import Vocabulary
 from .. import distributed as D
 from ..evaluation.evaluate import dataset_vocabulary, evaluate, model_convention
@@ -221,10 +222,15 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
 
     start = 0
     if resume:
-        path = last_checkpoint(output_dir) if resume is True else resume
-        if path is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint under {output_dir / 'checkpoints'}")
-        state = load_training_state(path)
+        if resume is True and not output_dir.is_dir():
+            raise FileNotFoundError(f"nothing to resume: no run folder {output_dir}")
+        state = load_training_state(output_dir if resume is True else resume)
+        for line in state["skipped"] if dist.is_main else ():
+            print(f"warning: {line}; resuming from {state['path']}", flush=True)
+        problem = mismatch(model.state_dict(), state["model"])
+        if problem:
+            raise CheckpointError(f"{state['path']} does not fit this run's model {cfg['model']['preset']} "
+                                  f"(a checkpoint of another config?)" + problem)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

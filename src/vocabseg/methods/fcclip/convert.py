@@ -136,5 +136,5 @@ def load_published(model, path: str | os.PathLike, clip_weights: str | None = No
         if tag is None:
             raise ValueError(f"{path} lacks the text tower and {model.clip_arch} has no default CLIP "
                              f"weights: pass clip_weights (an open_clip tag or file)")
-        clip_sd = create_clip(model.clip_arch, tag)[0].state_dict()
+        clip_sd = create_clip(model.clip_arch, tag, quick_gelu=False)[0].state_dict()   # weights only
     return _load_ours(model, ours, clip_sd)

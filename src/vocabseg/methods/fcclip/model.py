@@ -63,7 +63,8 @@ class FCCLIP(FCCLIPTraining, SegModel):
                  importance_sample_ratio: float = 0.75, image_size: int = 1024,
                  resolution: tuple[int, int] = (800, 1333)):
         super().__init__()
-        clip, self._tokenizer, _ = create_clip(clip_arch, clip_weights, fingerprint=False)   # None: random init
+        # LAION ConvNeXt CLIP uses GELU (no QuickGELU guess for a file); None: random init
+        clip, self._tokenizer, _ = create_clip(clip_arch, clip_weights, quick_gelu=False, fingerprint=False)
         self.clip = clip
         self.clip_arch = clip_arch
         self.attach("backbone", ClipConvNeXt(clip))

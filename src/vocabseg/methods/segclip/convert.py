@@ -17,6 +17,7 @@ loader does; any other missing or unexpected key is an error.
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 
@@ -30,6 +31,10 @@ _RENAMES = [  # (published prefix, our prefix) for the modules that are not inde
     ("vis_mae_decoder.", "decoder."),
 ]
 _CLIP_META = ("input_resolution", "context_length", "vocab_size")
+# Parts only the MAE reconstruction loss uses (ours, published): a file without them still segments
+_TRAINING_PARTS = (("decoder.", "vis_mae_decoder"), ("mae_blocks.", "layers_mae2"),
+                   ("reconstruct.", "reconstruct_layer2"))
+TRAINING_ONLY = tuple(p for p, _ in _TRAINING_PARTS)
 
 
 def detect(state_dict: dict) -> bool:
@@ -99,19 +104,31 @@ def load_into(model, state_dict: dict, clip_state_dict: dict | None = None) -> d
 
     Missing ``clip.*`` keys are taken from ``clip_state_dict`` when given. Raises
     ValueError naming every missing / unexpected / mis-shaped key. Returns a
-    report dict(filled=[...]).
+    report dict(filled=[...], fresh=[...]): ``fresh`` are the training-only keys
+    (MAE decoder, its blocks, the reconstruction layer) a file may lack: they keep
+    the model's initial values, with one warning.
     """
     sd = unwrap(state_dict)
     sd = to_ours(sd) if detect(sd) else dict(sd)
     expected = model.state_dict()
     sd, filled = fill_from_clip(sd, expected, clip_state_dict)
+    fresh = sorted(k for k in expected if k not in sd and k.startswith(TRAINING_ONLY))
+    if fresh and any(k in sd for k in expected if k.startswith("group.")):   # a SegCLIP file for inference
+        warnings.warn(f"the SegCLIP checkpoint has no {', '.join(_parts(fresh))} (used in training only): "
+                      f"loaded for inference; training from it starts those parts fresh", stacklevel=3)
+        sd = {**sd, **{k: expected[k] for k in fresh}}
     problems = mismatch(expected, sd)
     if problems:
         hint = (" (CLIP keys are missing: pass the OpenAI CLIP weights as clip_state_dict)"
                 if any(k.startswith("clip.") and k not in sd for k in expected) and clip_state_dict is None else "")
         raise ValueError("SegCLIP checkpoint does not match the model" + hint + problems)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
-    return {"filled": filled}
+    return {"filled": filled, "fresh": fresh}
+
+
+def _parts(keys: list[str]) -> list[str]:
+    """Published names of the training-only parts among ``keys``."""
+    return [name for prefix, name in _TRAINING_PARTS if any(k.startswith(prefix) for k in keys)]
 
 
 def load_published(model, path: str, clip_state_dict: dict | None = None,
@@ -126,5 +143,5 @@ def load_published(model, path: str, clip_state_dict: dict | None = None,
     ours = to_ours(sd) if detect(sd) else sd
     lacks_clip = any(k.startswith("clip.") and k not in ours for k in model.state_dict())
     if lacks_clip and clip_state_dict is None:
-        clip_state_dict = create_clip(*clip)[0].state_dict()
+        clip_state_dict = create_clip(*clip, quick_gelu=True)[0].state_dict()   # weights only: no activation guess
     return load_into(model, sd, clip_state_dict)
