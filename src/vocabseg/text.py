@@ -25,7 +25,8 @@ from . import speed, text_prefix
 from .backbones.clip import text_dim
 from .files import atomic_write, vocabseg_home
 from .text_prefix import embed_tokens, project_text, standard_text_tower
-from .errors import VocabularyError
+from .errors import UserError, VocabularyError
+from .torchfile import load_torch_file
 from .vocab import Vocabulary
 
 SINGLE = ["a photo of a {}."]
@@ -156,10 +157,10 @@ class TextEncoder:
         emb = None
         if self.cache and path.is_file():
             try:
-                emb = torch.load(path, map_location="cpu", weights_only=True)
+                emb = load_torch_file(path)
                 problem = entry_problem(emb, len(names), text_dim(self.clip_model))
-            except Exception as e:  # a torn or foreign file
-                problem = f"unreadable ({type(e).__name__})"
+            except UserError as e:  # a torn, foreign or vanished file
+                problem = "unreadable (" + str(e).split(": ", 1)[-1] + ")"
             if problem:            # encode again and overwrite it
                 warnings.warn(f"text cache entry {path} is {problem}: re-encoded and rewritten", stacklevel=2)
                 emb = None
