@@ -37,6 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="semantic task: run N images (crops of equal padded size) through the model together")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over short sides 320..1120 "
                                                      "and flips (semantic task; 12x slower)")
+    p.add_argument("--max-pixels", default=None, metavar="N", help="refuse larger images, read from the file header "
+                   "(default 40000000 = 40 MP, which fits 8 GB with ADE-150; 'none': no limit)")
     return p
 
 
@@ -77,6 +79,22 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
+def within_pixel_limit(items: list, max_pixels: str | None) -> tuple[list, int]:
+    """(path, stem) pairs whose image is within ``--max-pixels`` (read from the file
+    headers, before the model loads), and how many were refused (one line each)."""
+    from ..errors import ImageError
+    from ..limits import DEFAULT_MAX_PIXELS, check_image, parse_max_pixels
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else parse_max_pixels(max_pixels)
+    kept = []
+    for path, stem in items:
+        try:
+            check_image(path, limit)
+            kept.append((path, stem))
+        except ImageError as e:
+            print(f"vocabseg segment: error: {e}", file=sys.stderr)
+    return kept, len(items) - len(kept)
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
     from ..api import Segmenter, check_precision, load_model
@@ -94,8 +112,11 @@ def run(args) -> int:
         from ..engine import distributed
         distributed.init("cpu" if args.device == "cpu" else None)
     mine = list(zip(paths, stems))[rank::world]
+    mine, too_big = within_pixel_limit(mine, args.max_pixels)
+    if too_big and not mine:
+        return 1
     model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
-    seg = Segmenter(model, templates=args.templates, precision=args.precision)
+    seg = Segmenter(model, templates=args.templates, precision=args.precision, max_pixels=None)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
     if args.tta and args.task != "semantic":
@@ -107,7 +128,7 @@ def run(args) -> int:
     if args.batch_size > 1 and (args.task != "semantic" or args.show_groups or args.tta):
         raise UserError("--batch-size works for the semantic task without --show-groups or --tta (use --batch-size 1)")
     out = Path(args.out)
-    failed = 0
+    failed = too_big
     start = time.perf_counter()
     bar = tqdm(total=len(mine), desc="segmenting", unit="image", disable=rank != 0 or len(mine) < 2)
     for i in range(0, len(mine), args.batch_size):

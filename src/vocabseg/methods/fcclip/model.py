@@ -162,15 +162,16 @@ class FCCLIP(FCCLIPTraining, SegModel):
         return logits, post.resize_masks(masks, crop_hw, out_hw)
 
     def classify_at(self, features: dict, text: torch.Tensor, vocab: Vocabulary,
-                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None,
+                    rows: tuple[int, int] | None = None) -> torch.Tensor:
         """[B, C, *size] semantic scores for the image cropped to ``crop`` (before padding) and
         resized to ``size``. With ``masks_first`` (the published panoptic configs: ADE-150,
         Cityscapes, COCO, and the default) the mask logits are cropped and resized before
         the sum over queries; otherwise the padded-size semantic map is (semantic-only configs)."""
         if not self.masks_first:
-            return super().classify_at(features, text, vocab, crop, size)
+            return super().classify_at(features, text, vocab, crop, size, rows)
         prob = self.class_logits(features, text, vocab).softmax(-1)[..., :-1]
-        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size)
+        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size, rows)
 
     def set_dataset(self, name: str | None) -> None:
         """Published test settings of benchmark ``name``: Cityscapes at short side 1024 (max 2560),
