@@ -75,6 +75,7 @@ class ScoreMap:
         """Rows per band: about ``BAND_FLOATS`` scores."""
         return max(1, BAND_FLOATS // (self.channels * self.size[1]))
 
+    @torch.no_grad()
     def stats(self):
         """``model.image_stats`` summed over the image (None for most models)."""
         if not self._stats_done:
@@ -87,6 +88,7 @@ class ScoreMap:
             self._stats, self._stats_done = total, True
         return self._stats
 
+    @torch.no_grad()
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         """[C, r1 - r0, W] final scores of rows r0..r1."""
         raw, stats = self.raw(r0, r1), self.stats()
@@ -109,6 +111,7 @@ class MeanMap:
     def band(self) -> int:
         return self.maps[0].band()
 
+    @torch.no_grad()
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         total = None
         for m, flip in zip(self.maps, self.flips):
@@ -157,6 +160,7 @@ def window_map(model, total: torch.Tensor, count: torch.Tensor, size, vocab) -> 
     return ScoreMap(model, vocab, size, lambda r0, r1: resize_rows(mean, hw, hw, tuple(size), r0, r1))
 
 
+@torch.no_grad()
 def semantic(scores, keep_scores: bool = False, band: int | None = None):
     """(labels LongTensor [H, W], confidence float [H, W], scores [C, H, W] or None) on the
     CPU from a ``ScoreMap`` / ``MeanMap``, a band of ``band`` rows at a time: the full
@@ -178,10 +182,9 @@ def semantic(scores, keep_scores: bool = False, band: int | None = None):
             full = torch.empty(s.shape[0], h, w)
         if full is not None:
             full[:, r0:r1] = s
-        for j in range(r1 - r0) if not nonnegative else (None,):
-            part = s if j is None else s[:, j:j + 1].contiguous()
-            a, b = (r0, r1) if j is None else (r0 + j, r0 + j + 1)
-            labels[a:b], confidence[a:b] = labels_and_confidence(part, nonnegative)
+        for j in range(r0, r1):     # row by row: PyTorch's sums over classes round by the tensor's shape
+            labels[j:j + 1], confidence[j:j + 1] = labels_and_confidence(s[:, j - r0:j - r0 + 1].contiguous(),
+                                                                         nonnegative)
         r0 = r1
     return labels, confidence, full
 
@@ -193,6 +196,7 @@ def scores(model, feats: ImageFeatures, text: torch.Tensor, vocab) -> torch.Tens
     return full_scores(score_map(model, feats, text, vocab))
 
 
+@torch.no_grad()
 def full_scores(scores) -> torch.Tensor:
     """The whole [C, H, W] map of a ``ScoreMap`` / ``MeanMap`` (on the model's device)."""
     h, band = scores.size[0], scores.band()
