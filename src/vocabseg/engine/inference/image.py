@@ -78,6 +78,8 @@ class ScoreMap:
     @torch.no_grad()
     def stats(self):
         """``model.image_stats`` summed over the image (None for most models)."""
+        if type(self.model).image_stats is SegModel.image_stats:
+            return None
         if not self._stats_done:
             total, h, band = None, self.size[0], self.band()
             for r0 in range(0, h, band):
