@@ -16,7 +16,7 @@ import warnings
 
 from .errors import ImageError, UserError
 
-DEFAULT_MAX_PIXELS = 40_000_000    # 40 MP: san-vit-b16 + ADE-150 peaks under 8 GB (benchmarks/memory.py)
+DEFAULT_MAX_PIXELS = 40_000_000    # san-vit-b16 + ADE-150 at 40 MP peaks at 3.8 GB (benchmarks/memory.md)
 MAX_CLASSES = 65536                # label maps are saved as 16-bit PNGs
 
 
