@@ -240,3 +240,18 @@ def test_many_classes_use_one_row_bands_not_a_full_score_map(monkeypatch):
     r = seg(_array(20, 300), vocab)
     assert r.labels.shape == (20, 300) and r.scores is None
     assert engine_image.BAND_FLOATS // (10000 * 300) == 5 and asked == [5, 5, 5, 5]
+
+
+def test_panoptic_merge_reads_the_masks_row_by_row_as_from_the_full_stack():
+    """FC-CLIP's panoptic merge on a big image: the Q upsampled masks are read a row at a
+    time (twice) instead of held at full size; same segments as from the full stack."""
+    from vocabseg.methods.fcclip import postprocess as post
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(6, 4, generator=g) * 3
+    full = torch.randn(6, 30, 41, generator=g) * 3
+    asked = []
+    rows = lambda r0, r1: asked.append(r1 - r0) or full[:, r0:r1]   # noqa: E731
+    a = post.panoptic_inference(logits, rows, [True, False, True], object_threshold=0.1, size=(30, 41))
+    b = post.panoptic_inference(logits, full, [True, False, True], object_threshold=0.1)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and len(a[1]) > 0
+    assert set(asked) == {1} and len(asked) == 2 * 30
