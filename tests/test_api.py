@@ -146,8 +146,8 @@ def test_half_precision_is_a_gpu_option(tiny, capsys):
 def test_tta_with_one_size_and_no_flip_is_plain_inference_at_that_size(tiny, monkeypatch):
     from vocabseg.engine.inference import tta
     monkeypatch.setattr(tta, "DEFAULT_SIZES", (tiny.model.protocol.short_side,))
-    orig = tta.infer_tta
-    monkeypatch.setattr(tta, "infer_tta", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
+    orig = tta.tta_map
+    monkeypatch.setattr(tta, "tta_map", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
                                                                   flip=False, max_side=m.protocol.max_side))
     plain = tiny(_image(), "sky; road", return_scores=True)
     aug = tiny(_image(), "sky; road", return_scores=True, tta=True)
@@ -158,8 +158,8 @@ def test_tta_with_one_size_and_no_flip_is_plain_inference_at_that_size(tiny, mon
 
 def test_tta_encodes_only_its_own_passes_and_keeps_the_cache_usable(tiny, monkeypatch):
     from vocabseg.engine.inference import tta
-    orig = tta.infer_tta
-    monkeypatch.setattr(tta, "infer_tta", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
+    orig = tta.tta_map
+    monkeypatch.setattr(tta, "tta_map", lambda m, i, t, v: orig(m, i, t, v, sizes=(m.protocol.short_side,),
                                                                   flip=True, max_side=m.protocol.max_side))
     seg = Segmenter(tiny.model)
     calls = []

@@ -24,7 +24,8 @@ from .engine.inference import tta as augmentation
 from .engine.precision import PRECISIONS, autocast
 from .errors import UserError
 from .images import load_image
-from .results import InstanceResult, PanopticResult, SemanticResult, labels_and_confidence
+from .limits import DEFAULT_MAX_PIXELS, check_classes, check_image, check_max_pixels
+from .results import InstanceResult, PanopticResult, SemanticResult
 from .text import TEMPLATE_SETS
 from .vocab import Vocabulary
 
@@ -49,12 +50,14 @@ def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.
 
 def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
          clip_weights: str | None = None, device: str | torch.device = "cpu",
-         templates: str | None = None, precision: str = "fp32") -> "Segmenter":
+         templates: str | None = None, precision: str = "fp32",
+         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
     check_precision(precision, device)
+    check_max_pixels(max_pixels)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
     return Segmenter(model, templates=templates, name=model.config.get("preset", str(name_or_path)),
-                     precision=precision)
+                     precision=precision, max_pixels=max_pixels)
 
 
 def check_precision(precision: str, device) -> None:
@@ -71,12 +74,16 @@ class Segmenter:
     ``templates``: prompt template set (``single``, ``vild``, ``imagenet``) or a
     list of strings with ``{}``; default: the model's published set.
     ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` autocast on a GPU.
+    ``max_pixels``: larger images are refused (``ImageError``, read from the file header
+    before decoding); default 40 MP, ``None`` for no limit.
     """
 
-    def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32"):
+    def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.model = speed.use_fast_linears(model.eval())
         check_precision(precision, self.device)
         self.precision = precision
+        self.max_pixels = check_max_pixels(max_pixels)
         self.name = name or model.config.get("preset", type(model).__name__)
         self.templates = templates
         self._image: torch.Tensor | None = None
@@ -104,8 +111,9 @@ class Segmenter:
 
     def _load(self, image) -> torch.Tensor:
         """Make ``image`` the current one; features of a new image are dropped."""
+        check_image(image, check_max_pixels(self.max_pixels))
         img = load_image(image)
-        key = hashlib.sha1(img.numpy().tobytes()).hexdigest() + str(tuple(img.shape))
+        key = hashlib.sha1(img.contiguous().numpy().data).hexdigest() + str(tuple(img.shape))
         if key != self._key:
             self._image, self._key, self._features = img, key, None
         return self._image
@@ -118,7 +126,7 @@ class Segmenter:
             raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
         if self._features is None:
             with self.autocast():
-                self._features = inference.encode(self.model, self._image.to(self.device).float() / 255.0)
+                self._features = inference.encode(self.model, self._image.to(self.device).float().div_(255.0))
         return self._features
 
     def text(self, vocabulary: Vocabulary, templates=None) -> torch.Tensor:
@@ -138,6 +146,7 @@ class Segmenter:
         if self._image is None:
             raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
         vocab = Vocabulary.resolve(vocabulary)
+        check_classes(vocab)
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
         if tta and task != "semantic":
@@ -157,11 +166,11 @@ class Segmenter:
             return InstanceResult(out["masks"].cpu(), out["labels"].cpu(), out["scores"].cpu(), vocab,
                                   self._image, self.name)
         if tta:
-            scores = augmentation.infer_tta(self.model, self._image.to(self.device).float() / 255.0, text, vocab).float().cpu()
+            scores = augmentation.tta_map(self.model, self._image.to(self.device).float().div_(255.0), text, vocab)
         else:
-            scores = inference.scores(self.model, self.features, text, vocab).float().cpu()
-        return SemanticResult(*labels_and_confidence(scores), vocab, self._image,
-                              scores if return_scores else None, self.name)
+            scores = inference.score_map(self.model, self.features, text, vocab)
+        labels, confidence, full = inference.semantic(scores, keep_scores=return_scores)
+        return SemanticResult(labels, confidence, vocab, self._image, full, self.name)
 
     @torch.no_grad()
     def predict_batch(self, images: list, vocabulary, templates=None, return_scores: bool = False,
@@ -170,16 +179,19 @@ class Segmenter:
         padded size go through the model ``batch_size`` at a time (``engine.batched``).
         The last-image feature cache is left untouched."""
         vocab = Vocabulary.resolve(vocabulary)
+        check_classes(vocab)
+        limit = check_max_pixels(self.max_pixels)
+        for im in images:
+            check_image(im, limit)
         imgs = [load_image(im) for im in images]
         text = self.text(vocab, templates)
-        with self.autocast():
-            out = batched.infer_batch(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
-                              max_crops=batch_size)
         results = []
-        for im, scores in zip(imgs, out):
-            scores = scores.float().cpu()
-            results.append(SemanticResult(*labels_and_confidence(scores), vocab, im,
-                                          scores if return_scores else None, self.name))
+        with self.autocast():
+            maps = batched.batch_maps(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
+                                      max_crops=batch_size)
+            for im, scores in zip(imgs, maps):
+                labels, confidence, full = inference.semantic(scores, keep_scores=return_scores)
+                results.append(SemanticResult(labels, confidence, vocab, im, full, self.name))
         return results
 
     def __call__(self, image, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",

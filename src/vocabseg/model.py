@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers.mask_semantic import resize_rows
 from .protocol import Protocol, normalize
 from .text import TextEncoder, template_key
 from .vocab import Vocabulary
@@ -117,17 +118,27 @@ class SegModel(nn.Module):
         raise NotImplementedError
 
     def classify_at(self, features, text: torch.Tensor, vocab: Vocabulary, crop: tuple[int, int] | None = None,
-                    size: tuple[int, int] | None = None) -> torch.Tensor:
+                    size: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """[B, K, *size] scores of one whole-image pass: ``classify`` cropped to ``crop``
-        (the image before padding) and resized bilinearly to ``size``."""
+        (the image before padding) and resized bilinearly to ``size``. ``rows`` (r0, r1):
+        only those output rows, [B, K, r1 - r0, W]; a row's values must not depend on
+        the rows asked with it (the engine builds big images a band of rows at a time)."""
         out = self.classify(features, text, vocab)
-        out = out[..., : crop[0], : crop[1]] if crop is not None else out
-        if size is not None and tuple(out.shape[-2:]) != tuple(size):
-            out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
-        return out
+        crop = tuple(crop or out.shape[-2:])
+        size = tuple(size or crop)
+        r0, r1 = rows or (0, size[0])
+        return resize_rows(out, tuple(out.shape[-2:]), crop, size, r0, r1)
 
-    def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    def finalize(self, scores: torch.Tensor, vocab: Vocabulary, stats=None) -> torch.Tensor:
+        """[B, K, H, W] ``classify`` scores -> [B, C, H, W]. ``stats``: the image's
+        ``image_stats`` when ``scores`` is a band of its rows."""
         return scores
+
+    def image_stats(self, scores: torch.Tensor, vocab: Vocabulary):
+        """What ``finalize`` needs from the whole image beyond each pixel's own scores (e.g.
+        per-class areas), from a band of ``classify`` scores: a tensor that sums over bands,
+        or None (the default: each pixel is finalized on its own)."""
+        return None
 
     def set_dataset(self, name: str | None) -> None:
         """Use the published test settings of benchmark ``name`` (None: the defaults).

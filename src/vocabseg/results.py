@@ -31,12 +31,13 @@ def confidence_of(scores: torch.Tensor) -> torch.Tensor:
     return labels_and_confidence(scores)[1]
 
 
-def labels_and_confidence(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[C, H, W] scores -> (argmax labels [H, W], ``confidence_of``), from one max over classes."""
+def labels_and_confidence(scores: torch.Tensor, nonnegative: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C, H, W] scores -> (argmax labels [H, W], ``confidence_of``), from one max over classes.
+    ``nonnegative``: whether all of the image's scores are (default: those given)."""
     best, labels = scores.max(0)
     if scores.shape[0] == 1:
         return labels, torch.ones(scores.shape[1:], dtype=scores.dtype)
-    if scores.amin() >= 0:
+    if nonnegative if nonnegative is not None else bool(scores.amin() >= 0):
         return labels, (best / scores.sum(0).clamp_min(1e-12)).clamp(0, 1)
     return labels, 1.0 / torch.exp(scores - best).sum(0)        # the winner's softmax probability
 

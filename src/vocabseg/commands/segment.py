@@ -41,6 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="semantic task: run N images (crops of equal padded size) through the model together")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over short sides 320..1120 "
                                                      "and flips (semantic task; 12x slower)")
+    p.add_argument("--max-pixels", default=None, metavar="N", help="refuse larger images, read from the file header "
+                   "(default 40000000 = 40 MP, which fits 8 GB with ADE-150; 'none': no limit)")
     return p
 
 
@@ -108,6 +110,7 @@ def run(args) -> int:
     from ..api import Segmenter, check_precision, load_model
     from ..errors import ImageError, UserError
     from ..images import check_image_file
+    from ..limits import DEFAULT_MAX_PIXELS, check_image, parse_max_pixels
     from ..outputs import check_out_folder, check_targets, plan_names, read_manifest, source_id, write_manifest
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -119,6 +122,7 @@ def run(args) -> int:
     check_device(args.device)
     check_precision(args.precision, args.device)
     check_options(args)
+    limit = DEFAULT_MAX_PIXELS if args.max_pixels is None else parse_max_pixels(args.max_pixels)
     out = check_out_folder(args.out)
     paths = gather_inputs(args.inputs, say)
     if not paths:
@@ -136,6 +140,7 @@ def run(args) -> int:
     for path, stem in planned[rank::world]:
         try:
             check_image_file(path)
+            check_image(path, limit)
             mine.append((path, stem))
         except ImageError as e:
             tqdm.write(f"vocabseg segment: error: {e}", file=sys.stderr)
@@ -145,7 +150,7 @@ def run(args) -> int:
         print(f"vocabseg segment: none of the {total} images could be read; nothing written", file=sys.stderr)
         return 1
     model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
-    seg = Segmenter(model, templates=args.templates, precision=args.precision)
+    seg = Segmenter(model, templates=args.templates, precision=args.precision, max_pixels=None)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
     if args.show_groups and not model.region_groups:

@@ -15,7 +15,6 @@ folder, the vocabulary text of bounded length; replies never name a server path.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import render
 from ..errors import ImageError, UserError
 from ..images import pil_to_rgb
+from ..limits import fit_pixels    # the pixel check shared with the command line and the API
 from ..results import PanopticResult, SemanticResult
 from ..text import TEMPLATE_SETS
 from ..vocab import Vocabulary, VocabularyError
@@ -127,18 +127,6 @@ class Outcome:
 
 
 # --- images ----------------------------------------------------------------
-def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The largest (w, h) with w * h <= ``max_pixels`` and the aspect ratio of
-    (width, height) up to rounding; the size itself when it already fits."""
-    if width * height <= max_pixels:
-        return width, height
-    s = math.sqrt(max_pixels / (width * height))
-    w, h = max(1, math.floor(width * s)), max(1, math.floor(height * s))
-    while w * h > max_pixels:     # only when one side was clamped to 1
-        w, h = (w - 1, h) if w >= h else (w, h - 1)
-    return w, h
-
-
 def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
     w, h = fit_pixels(image.width, image.height, max_pixels)
     if (w, h) == image.size:

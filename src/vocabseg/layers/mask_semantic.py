@@ -1,18 +1,21 @@
 """Semantic scores from mask classification (Mask2Former's ``semantic_inference``
-after ``sem_seg_postprocess``), shared by SAN and FC-CLIP.
+after ``sem_seg_postprocess``), shared by SAN and FC-CLIP, and the banded
+bilinear resize both it and the engine use to build full-size maps a band of
+rows at a time.
 
     masks  = bilinear(mask_logits, padded)[:crop_h, :crop_w]     (then bilinear to ``size``)
     scores = sum_q prob[q, c] * sigmoid(masks[q])               [B, C, H, W]
 
 The straightforward path materialises the Q upsampled masks and then sums over
-them. The fast path (``vocabseg.speed``) produces the same numbers a band of
-output rows at a time, so no [Q, H, W] stack of upsampled masks is held: along the width
-it runs the same ``F.interpolate`` calls on only the low-resolution rows the
-band reads; along the height the resize -> crop -> resize chain is one small
-matrix (built by running that chain on the identity, so it holds the very
-weights ``F.interpolate`` uses). The result is written class-last ([B, H, W, C]
-storage, returned as a [B, C, H, W] view), which also makes the per-pixel
-argmax / max over classes that follow fast.
+them. The fast path (``vocabseg.speed``) produces a band of output rows at a
+time (``resize_rows``), so no [Q, H, W] stack of upsampled masks is held: along
+the width it runs the same ``F.interpolate`` calls on only the low-resolution
+rows the band reads; along the height the resize -> crop -> resize chain is a
+few taps per output row (the weights ``F.interpolate`` uses, obtained by running
+that chain on the identity), applied in a fixed order, so a row's value does not
+depend on how the rows are cut into bands. The result is written class-last
+([B, H, W, C] storage, returned as a [B, C, H, W] view), which also makes the
+per-pixel argmax / max over classes that follow fast.
 """
 from __future__ import annotations
 
@@ -36,15 +39,58 @@ def resample_matrix(n_in: int, n_padded: int, n_crop: int, n_out: int) -> torch.
     return x[0].t().contiguous()
 
 
+@functools.lru_cache(maxsize=32)
+def resample_taps(n_in: int, n_padded: int, n_crop: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``resample_matrix`` as taps: (input index [n_out, K], weight [n_out, K]), each row's
+    non-zero weights in increasing input order (padded with weight 0 on its last index)."""
+    m = resample_matrix(n_in, n_padded, n_crop, n_out)
+    nz = m.ne(0)
+    k = max(1, int(nz.sum(1).max()))
+    order = torch.where(nz, torch.arange(n_in), n_in).sort(1).values[:, :k]      # non-zero columns first
+    last = order.masked_fill(order == n_in, -1).amax(1, keepdim=True)
+    idx = torch.where(order == n_in, last, order)
+    return idx, torch.where(order == n_in, torch.zeros(()), m.gather(1, idx))
+
+
+def resize_rows(x: torch.Tensor, padded: tuple[int, int], crop: tuple[int, int], size: tuple[int, int],
+                r0: int, r1: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``x`` [B, K, h, w] resized (bilinear) to ``padded``, cropped to
+    ``crop`` and resized (bilinear) to ``size`` -> [B, K, r1 - r0, size[1]]. Only the
+    input rows the band reads are touched; the values do not depend on the banding.
+    Inside ``speed.plain_paths()``: the rows of the whole map resized at once."""
+    if not speed.fast():
+        t = F.interpolate(x, size=tuple(padded), mode="bilinear", align_corners=False)[..., : crop[0], : crop[1]]
+        if tuple(size) != tuple(crop):
+            t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+        return t[:, :, r0:r1]
+    idx, wts = resample_taps(x.shape[-2], int(padded[0]), int(crop[0]), int(size[0]))
+    idx, wts = idx[r0:r1], wts[r0:r1].to(x)
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    t = F.interpolate(x[:, :, lo:hi], size=(hi - lo, int(padded[1])), mode="bilinear",
+                      align_corners=False)[..., : crop[1]]
+    if size[1] != crop[1]:
+        t = F.interpolate(t, size=(hi - lo, int(size[1])), mode="bilinear", align_corners=False)
+    idx = idx - lo
+    out = t[:, :, idx[:, 0]] * wts[:, 0, None]
+    for j in range(1, idx.shape[1]):
+        out += t[:, :, idx[:, j]] * wts[:, j, None]
+    return out
+
+
 def mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
-                  crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+                  crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None,
+                  rows: tuple[int, int] | None = None) -> torch.Tensor:
     """``prob`` [B, Q, C] class probabilities, ``mask_logits`` [B, Q, h, w] -> [B, C, H, W].
 
     The masks are resized (bilinear) to ``padded``, cropped to ``crop`` (default: no
-    crop) and resized to ``size`` (default: ``crop``) before the sigmoid."""
+    crop) and resized to ``size`` (default: ``crop``) before the sigmoid. ``rows``
+    (r0, r1): only those output rows ([B, C, r1 - r0, W])."""
     crop = tuple(crop or padded)
     size = tuple(size or crop)
-    return (fast_mask_semantic if speed.fast() else plain_mask_semantic)(prob, mask_logits, padded, crop, size)
+    r0, r1 = rows or (0, size[0])
+    if not speed.fast():
+        return plain_mask_semantic(prob, mask_logits, padded, crop, size)[:, :, r0:r1]
+    return fast_mask_semantic(prob, mask_logits, padded, crop, size, r0, r1)
 
 
 def plain_mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
@@ -58,22 +104,22 @@ def plain_mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: t
 
 
 def fast_mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tuple[int, int],
-                       crop: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """``plain_mask_semantic`` a band of output rows at a time, written class-last (a [B, C, H, W] view)."""
-    b, q, h, w = mask_logits.shape
+                       crop: tuple[int, int], size: tuple[int, int], r0: int = 0, r1: int | None = None
+                       ) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``plain_mask_semantic`` a band of rows at a time, written class-last
+    (a [B, C, r1 - r0, W] view). The sigmoid and the sum over queries run one output row
+    at a time on a contiguous [Q, W] copy: PyTorch's vectorised sigmoid and matrix
+    product round differently with the tensor's shape, so this keeps every row's values
+    independent of the banding."""
+    b, q = mask_logits.shape[:2]
     c = prob.shape[-1]
-    rows_h = resample_matrix(h, int(padded[0]), crop[0], size[0]).to(mask_logits)      # [H, h]
-    out = prob.new_empty(b, size[0], size[1], c)
+    r1 = size[0] if r1 is None else r1
+    out = prob.new_empty(b, r1 - r0, size[1], c)
     band = max(1, CHUNK_FLOATS // max(1, b * q * size[1]))
-    for r0 in range(0, size[0], band):
-        a = rows_h[r0:r0 + band]
-        used = a.ne(0).any(0).nonzero()
-        lo, hi = int(used.min()), int(used.max()) + 1
-        t = F.interpolate(mask_logits[:, :, lo:hi], size=(hi - lo, int(padded[1])), mode="bilinear",
-                          align_corners=False)[..., : crop[1]]
-        if size[1] != crop[1]:
-            t = F.interpolate(t, size=(hi - lo, size[1]), mode="bilinear", align_corners=False)
-        m = torch.matmul(a[:, lo:hi], t).sigmoid_()                                  # [B, Q, rows, W]
+    for s0 in range(r0, r1, band):
+        s1 = min(s0 + band, r1)
+        m = resize_rows(mask_logits, padded, crop, size, s0, s1)                      # [B, Q, rows, W]
         for i in range(b):
-            torch.mm(m[i].reshape(q, -1).t(), prob[i], out=out[i, r0:r0 + a.shape[0]].view(-1, c))
+            for j in range(s1 - s0):
+                torch.mm(m[i, :, j].contiguous().sigmoid_().t(), prob[i], out=out[i, s0 - r0 + j])
     return out.permute(0, 3, 1, 2)

@@ -1,15 +1,16 @@
 """Batched form of ``inference.infer``: the crops of several images (whole
 images, or sliding windows) that share a padded size go through
 ``encode_image`` / ``classify`` together, at most ``max_crops`` at a time.
-Each image's scores are then assembled exactly as ``inference.scores`` does;
-with ``max_crops=1`` the result is bit-identical to ``infer`` image by image.
+Each image's scores are then assembled exactly as ``inference.scores`` does
+(``batch_maps``: as lazy ``ScoreMap``, built a band of rows at a time); with
+``max_crops=1`` the result is bit-identical to ``infer`` image by image.
 """
 from __future__ import annotations
 
 import torch
 
 from ...protocol import pad_to_multiple, preprocess, protocol_boxes
-from .image import finish_windows, select, whole_scores
+from .image import ScoreMap, full_scores, select, whole_map, window_map
 
 
 @torch.no_grad()
@@ -17,6 +18,13 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
                 max_crops: int = 8) -> list[torch.Tensor]:
     """Images float [3, H_i, W_i] in 0..1 -> per-class scores [C, H_i, W_i] each
     (on the model's device)."""
+    return [full_scores(m) for m in batch_maps(model, images, text, vocab, protocol, max_crops)]
+
+
+@torch.no_grad()
+def batch_maps(model, images: list[torch.Tensor], text: torch.Tensor, vocab, protocol=None,
+               max_crops: int = 8) -> list[ScoreMap]:
+    """As ``infer_batch``, each image's scores as a lazy ``ScoreMap``."""
     p = protocol or model.protocol
     if max_crops < 1:
         raise ValueError(f"max_crops must be at least 1, got {max_crops}")
@@ -44,7 +52,7 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
             whole = [j for j, k in enumerate(chunk) if windows[crops[k][0]] == 1]   # as inference.scores does
             for j in whole:
                 i, box, _ = crops[chunk[j]]
-                done[i] = whole_scores(model, select(feats, j), text, vocab, box, images[i].shape[-2:])
+                done[i] = whole_map(model, select(feats, j), text, vocab, box, images[i].shape[-2:])
             if len(whole) == len(chunk):
                 continue
             out = model.classify(feats, text, vocab)
@@ -63,5 +71,5 @@ def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pr
         if done[i] is not None:
             results.append(done[i])
             continue
-        results.append(finish_windows(model, total[i], count[i], img.shape[-2:], vocab))
+        results.append(window_map(model, total[i], count[i], img.shape[-2:], vocab))
     return results

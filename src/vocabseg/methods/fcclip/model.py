@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ...backbones.clip import create_clip, tensor_fingerprint
 from ...backbones.convnext import ClipConvNeXt
-from ...layers.mask_semantic import mask_semantic
+from ...layers.mask_semantic import mask_semantic, resize_rows
 from ...losses.criterion import mask_criterion
 from ...model import SegModel
 from ...protocol import Protocol
@@ -163,15 +163,16 @@ class FCCLIP(FCCLIPTraining, SegModel):
         return logits, post.resize_masks(masks, crop_hw, out_hw)
 
     def classify_at(self, features: dict, text: torch.Tensor, vocab: Vocabulary,
-                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None,
+                    rows: tuple[int, int] | None = None) -> torch.Tensor:
         """[B, C, *size] semantic scores for the image cropped to ``crop`` (before padding) and
         resized to ``size``. With ``masks_first`` (the published panoptic configs: ADE-150,
         Cityscapes, COCO, and the default) the mask logits are cropped and resized before
         the sum over queries; otherwise the padded-size semantic map is (semantic-only configs)."""
         if not self.masks_first:
-            return super().classify_at(features, text, vocab, crop, size)
+            return super().classify_at(features, text, vocab, crop, size, rows)
         prob = self.class_logits(features, text, vocab).softmax(-1)[..., :-1]
-        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size)
+        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size, rows)
 
     def set_dataset(self, name: str | None) -> None:
         """Published test settings of benchmark ``name``: Cityscapes at short side 1024 (max 2560),
@@ -187,9 +188,12 @@ class FCCLIP(FCCLIPTraining, SegModel):
                  things: Sequence[bool] | None = None) -> dict:
         """-> {"pan_seg": IntTensor [H, W] (0 = void), "segments": [{id, category_id, isthing,
         score, area}]} at ``out_hw``. ``things``: per-class thing flags (see ``thing_flags``)."""
-        logits, masks = self._image_outputs(features, text, vocab, crop_hw, out_hw)
+        if features["mask_logits"].shape[0] != 1:
+            raise ValueError("panoptic inference takes the features of one image")
+        logits = self.class_logits(features, text, vocab)[0]
+        masks = functools.partial(mask_rows, features["mask_logits"], features["size"], tuple(crop_hw), tuple(out_hw))
         pan, segments = post.panoptic_inference(logits, masks, thing_flags(vocab, things), self.object_threshold,
-                                                self.overlap_threshold)
+                                                self.overlap_threshold, size=tuple(out_hw))
         return {"pan_seg": pan, "segments": segments}
 
     def instances(self, features: dict, text: torch.Tensor, vocab: Vocabulary, crop_hw, out_hw,
@@ -199,6 +203,12 @@ class FCCLIP(FCCLIPTraining, SegModel):
         logits, masks = self._image_outputs(features, text, vocab, crop_hw, out_hw)
         out = post.instance_inference(logits, masks, thing_flags(vocab, things), self.topk)
         return {k: out[k] for k in ("masks", "labels", "scores")}
+
+
+def mask_rows(mask_logits: torch.Tensor, padded, crop, size, r0: int, r1: int) -> torch.Tensor:
+    """Rows r0..r1 of the mask logits [1, Q, h, w] resized to the padded input, cropped
+    and resized to ``size`` -> [Q, r1 - r0, W] (the panoptic merge reads them row by row)."""
+    return resize_rows(mask_logits, padded, crop, size, r0, r1)[0]
 
 
 def thing_flags(vocab: Vocabulary, things: Sequence[bool] | None = None) -> list[bool]:

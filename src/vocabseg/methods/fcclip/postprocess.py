@@ -61,9 +61,10 @@ def semantic_inference(logits: torch.Tensor, mask_logits: torch.Tensor) -> torch
     return torch.einsum("qc,qhw->chw", logits.softmax(-1)[:, :-1], mask_logits.sigmoid())
 
 
-def panoptic_inference(logits: torch.Tensor, mask_logits: torch.Tensor, isthing: Sequence[bool],
+def panoptic_inference(logits: torch.Tensor, mask_logits, isthing: Sequence[bool],
                        object_threshold: float = OBJECT_THRESHOLD,
-                       overlap_threshold: float = OVERLAP_THRESHOLD) -> tuple[torch.Tensor, list[dict]]:
+                       overlap_threshold: float = OVERLAP_THRESHOLD, size: Sequence[int] | None = None
+                       ) -> tuple[torch.Tensor, list[dict]]:
     """Mask2Former's panoptic merge.
 
     Keep queries whose best class is not void and scores > ``object_threshold``;
@@ -73,40 +74,61 @@ def panoptic_inference(logits: torch.Tensor, mask_logits: torch.Tensor, isthing:
     Stuff queries of one class share one segment (the first one's id).
     Returns (IntTensor [H, W] segment ids, 0 = void; segments as dicts id,
     category_id, isthing, score (of the query that created it), area).
+
+    ``mask_logits``: [Q, H, W], or a function (r0, r1) -> [Q, r1 - r0, W] of the
+    image's rows with ``size`` (H, W): the image is then read one row at a time, twice
+    (areas, then segment ids), so no [Q, H, W] stack is held.
     """
     num_classes = logits.shape[-1] - 1
     if len(isthing) != num_classes:
         raise ValueError(f"isthing has {len(isthing)} entries for {num_classes} classes")
+    if torch.is_tensor(mask_logits):
+        size, full = mask_logits.shape[-2:], mask_logits
+        mask_logits = lambda r0, r1: full[:, r0:r1]     # noqa: E731
+    h, w = size
     scores, labels = logits.softmax(-1).max(-1)
-    masks = mask_logits.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep]
-    h, w = masks.shape[-2:]
-    pan = torch.zeros((h, w), dtype=torch.int32, device=masks.device)
+    cur_scores, cur_classes = scores[keep], labels[keep]
+    n = cur_classes.shape[0]
+    pan = torch.zeros((h, w), dtype=torch.int32, device=logits.device)
     segments: list[dict] = []
-    if cur_masks.shape[0] == 0:
+    if n == 0:
         return pan, segments
-    owner = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+
+    def row(j):            # (owner [1, W], owner's mask prob >= 0.5 [1, W], every mask prob >= 0.5 [n, 1, W])
+        m = mask_logits(j, j + 1)[keep].contiguous().sigmoid()
+        owner = (cur_scores.view(-1, 1, 1) * m).argmax(0)
+        return owner, m.gather(0, owner[None])[0] >= 0.5, m >= 0.5
+
+    won = torch.zeros(n, dtype=torch.long, device=logits.device)
+    original, kept = torch.zeros_like(won), torch.zeros_like(won)
+    for j in range(h):
+        owner, inside, every = row(j)
+        won += torch.bincount(owner.flatten(), minlength=n)
+        original += every.flatten(1).sum(1)
+        kept += torch.bincount(owner[inside], minlength=n)
+    seg_of = torch.zeros(n, dtype=torch.int32, device=logits.device)
     stuff_ids: dict[int, int] = {}
-    for k in range(cur_classes.shape[0]):
+    for k in range(n):
         c = int(cur_classes[k])
         thing = bool(isthing[c])
-        won = owner == k
-        mask_area = int(won.sum())
-        original_area = int((cur_masks[k] >= 0.5).sum())
-        mask = won & (cur_masks[k] >= 0.5)
-        if mask_area == 0 or original_area == 0 or not bool(mask.any()):
+        mask_area, original_area = int(won[k]), int(original[k])
+        if mask_area == 0 or original_area == 0 or int(kept[k]) == 0:
             continue
         if mask_area / original_area < overlap_threshold:
             continue
         if not thing and c in stuff_ids:
-            pan[mask] = stuff_ids[c]
+            seg_of[k] = stuff_ids[c]
             continue
         seg_id = len(segments) + 1
         if not thing:
             stuff_ids[c] = seg_id
-        pan[mask] = seg_id
+        seg_of[k] = seg_id
         segments.append({"id": seg_id, "category_id": c, "isthing": thing, "score": float(cur_scores[k])})
+    if segments:
+        for j in range(h):
+            owner, inside, _ = row(j)
+            pan[j] = torch.where(inside, seg_of[owner], 0)[0]
     areas = torch.bincount(pan.flatten().long(), minlength=len(segments) + 1)
     for s in segments:
         s["area"] = int(areas[s["id"]])

@@ -149,13 +149,14 @@ class SAN(SegModel):
         return per_class_keep_last(emb @ (self.clip.logit_scale.exp() * cls).T, vocab)
 
     def classify_at(self, features: dict, text: torch.Tensor, vocab: Vocabulary,
-                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+                    crop: tuple[int, int] | None = None, size: tuple[int, int] | None = None,
+                    rows: tuple[int, int] | None = None) -> torch.Tensor:
         """[B, C, *size] semantic scores: mask logits upsampled (bilinear) to the
         padded input, cropped to ``crop`` (the image before padding), resized
         (bilinear) to ``size``, then sigmoid and sum_q p(q, c) m_q — the order of
-        SAN's ``sem_seg_postprocess`` before ``semantic_inference``."""
+        SAN's ``sem_seg_postprocess`` before ``semantic_inference``. ``rows``: only those."""
         prob = self.class_logits(features["mask_emb"], text, vocab).softmax(-1)[..., :-1]
-        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size)
+        return mask_semantic(prob, features["mask_logits"], features["size"], crop, size, rows)
 
     def classify(self, features: dict, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, C, H, W] semantic scores at the padded input size."""

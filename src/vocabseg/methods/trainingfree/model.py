@@ -197,19 +197,27 @@ class TrainingFreeCLIP(SegModel):
         (t, l), (h, w) = features.offset, features.size
         return cos[..., t:t + h, l:l + w]
 
-    def finalize(self, scores: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    def image_stats(self, scores: torch.Tensor, vocab: Vocabulary):
+        """LongTensor [B, C]: pixels each class wins (SCLIP's area filter), or None without it."""
+        if vocab.background is None or self.area_thd is None:
+            return None
+        probs = reduce_synonyms((self.logit_scale * scores).softmax(1), vocab.synonym_index, len(vocab), dim=1)
+        return F.one_hot(probs.argmax(1), len(vocab)).sum((1, 2))
+
+    def finalize(self, scores: torch.Tensor, vocab: Vocabulary, stats=None) -> torch.Tensor:
         """[B, S, H, W] cosines -> [B, C, H, W] class probabilities (max over
         synonyms of the softmax over all synonyms). With a background class: SCLIP's
         area filter (``area_thd``) zeroes foreground classes whose predicted area is
         at most ``area_thd`` of the predicted foreground, then pixels whose best
-        probability is below ``prob_thd`` get background probability 1."""
+        probability is below ``prob_thd`` get background probability 1. ``stats``: the
+        whole image's ``image_stats`` when ``scores`` are some of its rows."""
         probs = (self.logit_scale * scores).softmax(1)
         probs = reduce_synonyms(probs, vocab.synonym_index, len(vocab), dim=1)
         bg = vocab.background
         if bg is None:
             return probs
         if self.area_thd is not None:
-            area = F.one_hot(probs.argmax(1), len(vocab)).sum((1, 2)).to(probs.dtype)   # [B, C] pixels won
+            area = (self.image_stats(scores, vocab) if stats is None else stats).to(probs.dtype)   # [B, C]
             area[:, bg] = 0
             keep = area > self.area_thd * area.sum(1, keepdim=True)
             keep[:, bg] = True
