@@ -24,7 +24,7 @@ from .engine.inference import tta as augmentation
 from .engine.precision import PRECISIONS, autocast
 from .errors import UserError
 from .images import load_image
-from .limits import DEFAULT_MAX_PIXELS, check_classes, check_image, check_max_pixels
+from .limits import DEFAULT_MAX_PIXELS, check_image, check_max_pixels
 from .results import InstanceResult, PanopticResult, SemanticResult
 from .text import TEMPLATE_SETS
 from .vocab import Vocabulary
@@ -146,7 +146,6 @@ class Segmenter:
         if self._image is None:
             raise UserError("no image: call set_image(image) first, or segmenter(image, vocabulary)")
         vocab = Vocabulary.resolve(vocabulary)
-        check_classes(vocab)
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
         if tta and task != "semantic":
@@ -179,7 +178,6 @@ class Segmenter:
         padded size go through the model ``batch_size`` at a time (``engine.batched``).
         The last-image feature cache is left untouched."""
         vocab = Vocabulary.resolve(vocabulary)
-        check_classes(vocab)
         limit = check_max_pixels(self.max_pixels)
         for im in images:
             check_image(im, limit)

@@ -17,7 +17,6 @@ import warnings
 from .errors import ImageError, UserError
 
 DEFAULT_MAX_PIXELS = 40_000_000    # san-vit-b16 + ADE-150 at 40 MP peaks at 3.8 GB (benchmarks/memory.md)
-MAX_CLASSES = 65536                # label maps are saved as 16-bit PNGs
 
 
 def check_max_pixels(value, what: str = "max_pixels") -> int | None:
@@ -88,13 +87,6 @@ def check_image(image, max_pixels: int | None, name: str | None = None) -> None:
     label = name or (str(image) if isinstance(image, (str, os.PathLike)) else "the image")
     raise ImageError(f"{label} is {shown} ({w * h / 1e6:.1f} MP), above the limit of {max_pixels:,} pixels; "
                      f"downscale it or raise the limit (--max-pixels / max_pixels=)")
-
-
-def check_classes(vocab) -> None:
-    """Refuse a vocabulary whose label ids would not fit a 16-bit label map."""
-    if len(vocab) > MAX_CLASSES:
-        from .errors import VocabularyError
-        raise VocabularyError(f"the vocabulary has {len(vocab):,} classes; at most {MAX_CLASSES:,} fit a label map")
 
 
 def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:

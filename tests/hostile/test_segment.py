@@ -278,7 +278,7 @@ def test_unreadable_inputs_are_reported_before_model_loads(tmp_path, capsys, no_
     assert rc == 1 and err == [
         f"vocabseg segment: error: cannot read image {tmp_path}/bad.png: not an image file or a format Pillow cannot read",
         f"vocabseg segment: error: image not found: {tmp_path}/missing.jpg",
-        "vocabseg segment: none of the 2 images could be read; nothing written"]
+        "vocabseg segment: none of the 2 images can be segmented; nothing written"]
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -416,7 +416,7 @@ def test_fifo_or_device_as_input_does_not_hang(tmp_path, capsys, no_model):
     assert rc == 1 and capsys.readouterr().err.splitlines() == [
         f"vocabseg segment: error: cannot read image {tmp_path}/pipe.png: not a regular file",
         "vocabseg segment: error: cannot read image /dev/zero: not a regular file",
-        "vocabseg segment: none of the 2 images could be read; nothing written"]
+        "vocabseg segment: none of the 2 images can be segmented; nothing written"]
 
 
 def test_out_is_a_dangling_symlink(tmp_path, capsys, no_model):

@@ -147,7 +147,7 @@ def run(args) -> int:
             failed += 1
     total = len(mine) + failed
     if not mine and world == 1:
-        print(f"vocabseg segment: none of the {total} images could be read; nothing written", file=sys.stderr)
+        print(f"vocabseg segment: none of the {total} images can be segmented; nothing written", file=sys.stderr)
         return 1
     model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
     seg = Segmenter(model, templates=args.templates, precision=args.precision, max_pixels=None)
