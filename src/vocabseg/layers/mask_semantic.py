@@ -12,8 +12,7 @@ time (``resize_rows``), so no [Q, H, W] stack of upsampled masks is held: along
 the width it runs the same ``F.interpolate`` calls on only the low-resolution
 rows the band reads; along the height the resize -> crop -> resize chain is a
 few taps per output row (the weights ``F.interpolate`` uses, obtained by running
-that chain on the identity), applied in a fixed order, so a row's value does not
-depend on how the rows are cut into bands. The result is written class-last
+that chain on the identity). The result is written class-last
 ([B, H, W, C] storage, returned as a [B, C, H, W] view), which also makes the
 per-pixel argmax / max over classes that follow fast.
 """
@@ -56,9 +55,10 @@ def resize_rows(x: torch.Tensor, padded: tuple[int, int], crop: tuple[int, int],
                 r0: int, r1: int) -> torch.Tensor:
     """Rows ``r0:r1`` of ``x`` [B, K, h, w] resized (bilinear) to ``padded``, cropped to
     ``crop`` and resized (bilinear) to ``size`` -> [B, K, r1 - r0, size[1]]. Only the
-    input rows the band reads are touched; the values do not depend on the banding.
-    Inside ``speed.plain_paths()``: the rows of the whole map resized at once."""
-    if not speed.fast():
+    input rows the band reads are touched (a band's values can differ from the whole
+    map's in the last bit).
+    Inside ``speed.plain_paths()``, or when all rows are asked: the whole map resized at once."""
+    if not speed.fast() or (r0, r1) == (0, int(size[0])):
         t = F.interpolate(x, size=tuple(padded), mode="bilinear", align_corners=False)[..., : crop[0], : crop[1]]
         if tuple(size) != tuple(crop):
             t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
@@ -107,19 +107,22 @@ def fast_mask_semantic(prob: torch.Tensor, mask_logits: torch.Tensor, padded: tu
                        crop: tuple[int, int], size: tuple[int, int], r0: int = 0, r1: int | None = None
                        ) -> torch.Tensor:
     """Rows ``r0:r1`` of ``plain_mask_semantic`` a band of rows at a time, written class-last
-    (a [B, C, r1 - r0, W] view). The sigmoid and the sum over queries run one output row
-    at a time on a contiguous [Q, W] copy: PyTorch's vectorised sigmoid and matrix
-    product round differently with the tensor's shape, so this keeps every row's values
-    independent of the banding."""
-    b, q = mask_logits.shape[:2]
+    (a [B, C, r1 - r0, W] view)."""
+    b, q, h, w = mask_logits.shape
     c = prob.shape[-1]
     r1 = size[0] if r1 is None else r1
+    rows_h = resample_matrix(h, int(padded[0]), crop[0], size[0]).to(mask_logits)[r0:r1]     # [rows, h]
     out = prob.new_empty(b, r1 - r0, size[1], c)
     band = max(1, CHUNK_FLOATS // max(1, b * q * size[1]))
-    for s0 in range(r0, r1, band):
-        s1 = min(s0 + band, r1)
-        m = resize_rows(mask_logits, padded, crop, size, s0, s1)                      # [B, Q, rows, W]
+    for s0 in range(0, r1 - r0, band):
+        a = rows_h[s0:s0 + band]
+        used = a.ne(0).any(0).nonzero()
+        lo, hi = int(used.min()), int(used.max()) + 1
+        t = F.interpolate(mask_logits[:, :, lo:hi], size=(hi - lo, int(padded[1])), mode="bilinear",
+                          align_corners=False)[..., : crop[1]]
+        if size[1] != crop[1]:
+            t = F.interpolate(t, size=(hi - lo, size[1]), mode="bilinear", align_corners=False)
+        m = torch.matmul(a[:, lo:hi], t).sigmoid_()                                  # [B, Q, rows, W]
         for i in range(b):
-            for j in range(s1 - s0):
-                torch.mm(m[i, :, j].contiguous().sigmoid_().t(), prob[i], out=out[i, s0 - r0 + j])
+            torch.mm(m[i].reshape(q, -1).t(), prob[i], out=out[i, s0:s0 + a.shape[0]].view(-1, c))
     return out.permute(0, 3, 1, 2)

@@ -57,19 +57,20 @@ def select(features, j: int):
     return features
 
 
-BAND_FLOATS = 1 << 24     # one band of full-size scores: 64 MB of float32
+BAND_FLOATS = 1 << 26     # one band of full-size scores: 256 MB of float32 (most images: one band)
 
 
 class ScoreMap:
     """An image's final [C, H, W] scores, computed a band of rows at a time so that the
     full map need not exist. ``raw(r0, r1)`` gives the model's [1, K, r1 - r0, W]
-    scores of those rows (their values do not depend on the band); ``rows`` finalizes
-    them one row at a time (vectorised kernels round a row alike only at a fixed shape)."""
+    scores of those rows; ``rows`` finalizes them. An image of one band is computed
+    exactly as the full map; with several bands a value can differ from it in the last
+    bit (vectorised kernels round by the tensor's shape), never more."""
 
     def __init__(self, model, vocab, size, raw):
         self.model, self.vocab, self.size, self.raw = model, vocab, tuple(size), raw
         self.channels = max(len(vocab), len(vocab.prompts))
-        self._stats, self._stats_done = None, False
+        self._stats, self._stats_done, self._whole = None, False, None
 
     def band(self) -> int:
         """Rows per band: about ``BAND_FLOATS`` scores."""
@@ -83,7 +84,10 @@ class ScoreMap:
         if not self._stats_done:
             total, h, band = None, self.size[0], self.band()
             for r0 in range(0, h, band):
-                s = self.model.image_stats(self.raw(r0, min(r0 + band, h)), self.vocab)
+                raw = self.raw(r0, min(r0 + band, h))
+                if band >= h:       # one band: kept for ``rows`` rather than computed twice
+                    self._whole = raw
+                s = self.model.image_stats(raw, self.vocab)
                 if s is None:
                     break
                 total = s if total is None else total + s
@@ -93,12 +97,13 @@ class ScoreMap:
     @torch.no_grad()
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         """[C, r1 - r0, W] final scores of rows r0..r1."""
-        raw, stats = self.raw(r0, r1), self.stats()
+        stats = self.stats()
+        raw = self._whole if self._whole is not None and (r0, r1) == (0, self.size[0]) else self.raw(r0, r1)
+        self._whole = None
         if type(self.model).finalize is SegModel.finalize:
             return raw[0]
         extra = () if stats is None else (stats,)
-        return torch.cat([self.model.finalize(raw[:, :, j:j + 1].contiguous(), self.vocab, *extra)[0]
-                          for j in range(r1 - r0)], 1)
+        return self.model.finalize(raw, self.vocab, *extra)[0]
 
 
 class MeanMap:
@@ -184,9 +189,7 @@ def semantic(scores, keep_scores: bool = False, band: int | None = None):
             full = torch.empty(s.shape[0], h, w)
         if full is not None:
             full[:, r0:r1] = s
-        for j in range(r0, r1):     # row by row: PyTorch's sums over classes round by the tensor's shape
-            labels[j:j + 1], confidence[j:j + 1] = labels_and_confidence(s[:, j - r0:j - r0 + 1].contiguous(),
-                                                                         nonnegative)
+        labels[r0:r1], confidence[r0:r1] = labels_and_confidence(s, nonnegative)
         r0 = r1
     return labels, confidence, full
 

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from ...backbones.clip import tensor_fingerprint
 from ...backbones.vit import ClipViT, block_with_attention
+from ...layers.mask_semantic import resize_rows
 from ...vocab import Vocabulary, reduce_synonyms
 from ...protocol import Protocol
 from ...model import SegModel
@@ -185,10 +186,9 @@ class TrainingFreeCLIP(SegModel):
         ``band`` (``rows=(r0, r1)``): only those output rows, as ``SegModel.classify_at``."""
         if not features.whole:
             return super().classify_at(features, text, vocab, crop, size, **band)
-        out = F.interpolate(_cosines(features, text, vocab), size=tuple(size or features.size), mode="bilinear",
-                            align_corners=False)
-        r0, r1 = band.get("rows") or (0, out.shape[-2])
-        return out[..., r0:r1, :]
+        cos, size = _cosines(features, text, vocab), tuple(size or features.size)
+        r0, r1 = band.get("rows") or (0, size[0])
+        return resize_rows(cos, cos.shape[-2:], cos.shape[-2:], size, r0, r1)
 
     def classify(self, features: DenseFeatures, text: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
         """[B, S, H, W] cosine similarity of each pixel with each synonym's text
