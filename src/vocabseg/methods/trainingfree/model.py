@@ -167,10 +167,12 @@ class TrainingFreeCLIP(SegModel):
     def encode_image(self, images: torch.Tensor) -> DenseFeatures:
         h, w = images.shape[-2:]
         top = left = 0
-        whole = self.protocol.mode == "whole"
+        whole, p = self.protocol.mode == "whole", self.vit.patch_size
         if self.padding == "center" and not whole:   # ClearCLIP's compute_padsize: centred, zeros
-            p = self.vit.patch_size
             ph, pw = (p - h % p) % p, (p - w % p) % p
+        else:   # a side shorter than a patch (a 7 x 2048 resize of a 1 x 300 image) has no patch to
+            ph, pw = max(0, p - h), max(0, p - w)   # floor to: padded, centred, to one (the references fail)
+        if ph or pw:
             top, left = ph // 2, pw // 2
             images = F.pad(images, (left, pw - left, top, ph - top))
         tokens, grid = self.dense_tokens(images)
