@@ -79,11 +79,12 @@ def main() -> int:
         for name in args.models:
             ck = make_checkpoint(name, tmp / "ck")
             argv = ["segment", str(image), "--model", str(ck), "--dataset-vocab", args.vocab, "--task", args.task,
-                    "--out", str(tmp / "out"), *args.extra]
+                    *args.extra]
             cells = []
             for label, src in versions:
                 no_limit = [] if label == "before" else ["--max-pixels", "none"]     # the old code has no flag
-                kb, rc = peak_kb(src, argv + no_limit, env)
+                out = ["--out", str(tmp / f"out-{label}-{name}")]      # the old code's files are not in the manifest
+                kb, rc = peak_kb(src, argv + out + no_limit, env)
                 cells.append(f"{kb / 1e6:.2f}" + ("" if rc == 0 else f" (exit {rc})"))
             print(f"| {name} | {mp:g} MP | {args.vocab} | {args.task} | " + " | ".join(cells) + " |", flush=True)
     return 0
