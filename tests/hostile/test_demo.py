@@ -23,16 +23,10 @@ from vocabseg.demo import callbacks as cb
 from vocabseg.results import SemanticResult
 from vocabseg.vocab import Vocabulary
 
-from test_demo import PanopticToy, ToyModel, _stripes
+from test_demo import PanopticToy, ToyModel, _free_port, _stripes
 
 REFUSED = cb.MODEL_REFUSED
 LIMITS = cb.Limits(max_pixels=40_000, max_upload_mb=2, max_decode_pixels=1_000_000)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
