@@ -56,7 +56,8 @@ def test_two_process_training_stopped_and_resumed_equals_uninterrupted(tmp_path)
     while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
         time.sleep(0.05)                                        # one complete line: iteration 1 is done
     proc.send_signal(signal.SIGTERM)                            # as a cluster pre-empting the job would
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
+    assert (part / "checkpoints" / "last").is_file(), f"no checkpoint after SIGTERM (exit {proc.returncode}):\n{err[-3000:]}"
     stopped = int((part / "checkpoints" / "last").read_text().strip()[5:13])
     assert 1 <= stopped < 6 and len(_losses(part)) == stopped   # saved at the iteration it stopped
     assert not (part / "model").exists()

@@ -22,6 +22,7 @@ is the quick check. A block right after ``<!-- not-run: REASON -->`` is skipped 
 """
 import os
 import re
+import shutil
 import shlex
 from pathlib import Path
 
@@ -170,6 +171,8 @@ def test_readme_python_snippets_run(world):
 def test_readme_shell_snippets_run(world, capsys):
     from vocabseg.cli import main
     from vocabseg.testing import write_raw
+    # the Python snippets' result.save wrote outputs/photo*: files `segment` rightly will not replace
+    shutil.rmtree(world["work"] / "outputs", ignore_errors=True)
     for line, lang, code in blocks(world["text"]):
         if lang == "python":
             continue
