@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,10 @@ def _opened(path: Path):
     if not path.is_file():      # a FIFO would block the read forever, a device never ends
         raise ImageError(f"cannot read image {path}: not a regular file")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # sizes are ours to bound (limits.py)
+            im = Image.open(path)
+        with im:
             if im.width < 1 or im.height < 1:
                 raise ImageError(f"cannot read image {path}: it has no pixels ({im.width}x{im.height})")
             yield im
