@@ -74,7 +74,13 @@ def test_bf16_agrees_with_fp32_and_the_head_runs_fp32(native, name, monkeypatch)
                          out.dtype if torch.is_tensor(out) else None))
             return out
         monkeypatch.setattr(cls, method, spy)
+    linears = []                                                     # FastLinear must not bypass autocast
+    hooks = [m.register_forward_hook(lambda m, i, o: linears.append((torch.is_autocast_enabled("cpu"), o.dtype)))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
     low = Segmenter(model, precision="bf16")(image, VOCAB, return_scores=True)
+    for h in hooks:
+        h.remove()
+    assert any(auto for auto, _ in linears) and all(d == torch.bfloat16 for auto, d in linears if auto), linears
     assert seen and all(not auto and dtypes <= {torch.float32} and out in (None, torch.float32)
                         for _, auto, dtypes, out in seen), seen
     assert low.scores.dtype == torch.float32
