@@ -96,23 +96,29 @@ def to_fp32(x):
 @contextmanager
 def image_side(model, precision: str):
     """While active (in this thread), ``model.encode_image`` runs under ``precision``'s
-    autocast and returns fp32 features; everything else runs as called (fp32)."""
+    autocast and returns fp32 features; everything else runs as called (fp32). The
+    model's class is switched once to a subclass whose ``encode_image`` does this (as
+    ``speed.use_fast_linears`` does for linears); outside the context it is the plain one."""
     if PRECISIONS[precision] is None:
         yield
         return
-    if "encode_image" not in vars(model):            # installed once per model instance
-        plain = model.encode_image
-
-        def encode_image(images, *args, **kw):
-            dtype = _IMAGE_DTYPE.get()
-            if dtype is None:
-                return plain(images, *args, **kw)
-            with torch.autocast(images.device.type, dtype=dtype):
-                out = plain(images, *args, **kw)
-            return to_fp32(out)
-        model.encode_image = encode_image
+    if not getattr(type(model), "_image_side", False):
+        model.__class__ = _image_side_class(type(model))
     token = _IMAGE_DTYPE.set(PRECISIONS[precision])
     try:
         yield
     finally:
         _IMAGE_DTYPE.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _image_side_class(cls: type) -> type:
+    def encode_image(self, images, *args, **kw):
+        dtype = _IMAGE_DTYPE.get()
+        if dtype is None:
+            return cls.encode_image(self, images, *args, **kw)
+        with torch.autocast(images.device.type, dtype=dtype):
+            out = cls.encode_image(self, images, *args, **kw)
+        return to_fp32(out)
+    return type(cls.__name__, (cls,), {"encode_image": encode_image, "_image_side": True,
+                                       "__module__": cls.__module__, "__doc__": cls.__doc__})
