@@ -134,8 +134,10 @@ class Segmenter:
         t = templates if templates is not None else self.templates
         if isinstance(t, str) and t not in TEMPLATE_SETS:
             raise UserError(f"unknown template set {t!r}; use one of {', '.join(TEMPLATE_SETS)}")
-        text_precision = "bf16" if self.precision == "bf16" else "fp32"    # fp16 text stays fp32 as before
-        return self.model.text_encoder(t).__call__(vocabulary, precision=text_precision).to(self.device)
+        encoder = self.model.text_encoder(t)
+        if self.precision == "bf16":         # fp16 text stays fp32, as before
+            return encoder(vocabulary, precision="bf16").to(self.device)
+        return encoder(vocabulary).to(self.device)
 
     @torch.no_grad()
     def predict(self, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",
