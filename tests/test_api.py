@@ -131,13 +131,13 @@ def test_a_path_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
         load_model(str(f))
 
 
-def test_half_precision_is_a_gpu_option(tiny, capsys):
+def test_fp16_is_a_gpu_option(tiny, capsys):     # bf16 on CPU: tests/test_precision.py
     from vocabseg.cli import main
-    for bad, msg in (("bf16", "CUDA devices only"), ("fp8", "unknown precision 'fp8'")):
+    for bad, msg in (("fp16", "CUDA devices only"), ("fp8", "unknown precision 'fp8'")):
         with pytest.raises(UserError, match=msg):
             Segmenter(tiny.model, precision=bad)
     assert main(["segment", "x.png", "--labels", "a; b", "--precision", "fp16"]) == 2
-    assert "precision fp16 (autocast) is for CUDA devices only" in capsys.readouterr().err
+    assert "precision fp16 is for CUDA devices only" in capsys.readouterr().err
     seg = Segmenter(tiny.model, precision="fp32")
     with seg.autocast():
         assert not torch.is_autocast_enabled("cpu")

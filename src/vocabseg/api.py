@@ -21,7 +21,7 @@ from . import registry, speed
 from .engine import inference
 from .engine.inference import batched
 from .engine.inference import tta as augmentation
-from .engine.precision import PRECISIONS, autocast
+from .engine import precision as precisions
 from .errors import UserError
 from .images import load_image
 from .limits import DEFAULT_MAX_PIXELS, check_image, check_max_pixels
@@ -53,19 +53,17 @@ def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLi
          templates: str | None = None, precision: str = "fp32",
          max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
-    check_precision(precision, device)
+    precision = check_precision(precision, device)
     check_max_pixels(max_pixels)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
     return Segmenter(model, templates=templates, name=model.config.get("preset", str(name_or_path)),
                      precision=precision, max_pixels=max_pixels)
 
 
-def check_precision(precision: str, device) -> None:
-    """fp16 / bf16 autocast is a GPU option: on CPU (no native bf16 on most) it is slower and inexact."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision != "fp32" and torch.device(device).type != "cuda":
-        raise UserError(f"precision {precision} (autocast) is for CUDA devices only; on {device} use fp32")
+def check_precision(precision: str, device) -> str:
+    """The precision run for ``precision`` on ``device`` (``auto``: bf16 where native, else
+    fp32); bf16 on a CPU without native bf16, or fp16 on a CPU, is a one-line ``UserError``."""
+    return precisions.resolve(precision, device)
 
 
 class Segmenter:
@@ -73,7 +71,9 @@ class Segmenter:
 
     ``templates``: prompt template set (``single``, ``vild``, ``imagenet``) or a
     list of strings with ``{}``; default: the model's published set.
-    ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` autocast on a GPU.
+    ``precision``: ``fp32`` (default); ``bf16`` on a GPU or a CPU with native bf16
+    (``avx512_bf16`` / ``amx_bf16``), ``fp16`` on a GPU, ``auto`` (bf16 where native, else
+    fp32). Only the image side runs in low precision; the head runs in fp32.
     ``max_pixels``: larger images are refused (``ImageError``, read from the file header
     before decoding); default 40 MP, ``None`` for no limit.
     """
@@ -81,8 +81,7 @@ class Segmenter:
     def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.model = speed.use_fast_linears(model.eval())
-        check_precision(precision, self.device)
-        self.precision = precision
+        self.precision = check_precision(precision, self.device)     # auto resolved
         self.max_pixels = check_max_pixels(max_pixels)
         self.name = name or model.config.get("preset", type(model).__name__)
         self.templates = templates
@@ -99,8 +98,9 @@ class Segmenter:
         return tuple(self.model.tasks)
 
     def autocast(self):
-        """The autocast context of ``precision`` (nothing for fp32)."""
-        return autocast(self.device.type, self.precision)
+        """The context in which ``encode_image`` runs at ``precision`` and returns fp32
+        features, so that the vocabulary-dependent head runs in fp32 (nothing for fp32)."""
+        return precisions.image_side(self.model, self.precision)
 
     def set_image(self, image) -> torch.Tensor:
         """Read ``image`` (path, PIL, array, tensor) and compute its features once.
@@ -134,7 +134,10 @@ class Segmenter:
         t = templates if templates is not None else self.templates
         if isinstance(t, str) and t not in TEMPLATE_SETS:
             raise UserError(f"unknown template set {t!r}; use one of {', '.join(TEMPLATE_SETS)}")
-        return self.model.text_encoder(t).__call__(vocabulary).to(self.device)
+        encoder = self.model.text_encoder(t)
+        if self.precision == "bf16":         # fp16 text stays fp32, as before
+            return encoder(vocabulary, precision="bf16").to(self.device)
+        return encoder(vocabulary).to(self.device)
 
     @torch.no_grad()
     def predict(self, vocabulary, templates=None, return_scores: bool = False, task: str = "semantic",

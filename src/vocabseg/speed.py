@@ -61,10 +61,11 @@ def plain_paths():
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; without autograd on CPU float32 (and outside
-    ``plain_paths()``) through oneDNN's matmul, the same products summed in
-    another order."""
+    ``plain_paths()`` and CPU autocast, which casts ``F.linear``'s inputs) through
+    oneDNN's matmul, the same products summed in another order."""
     if (_ONEDNN is not None and _FAST.get() and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel()):
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel()
+            and not torch.is_autocast_enabled("cpu")):
         return _ONEDNN(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 

@@ -4,7 +4,8 @@ Each name is put in every template, encoded by CLIP's text tower; the template
 embeddings are L2-normalised, averaged and re-normalised (``average="normalized"``,
 SAN / FC-CLIP / CLIP) or averaged raw and then normalised (``average="raw"``,
 SegCLIP). Results are cached under ``$VOCABSEG_HOME/text`` keyed by the CLIP
-identity (architecture + weights), the template set and the names.
+identity (architecture + weights), the template set, the names and the precision
+of the text tower (``bf16``: run under autocast; the embeddings are stored as fp32).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 import string
 import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -134,26 +136,29 @@ class TextEncoder:
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------
-    def cache_key(self, names: Sequence[str]) -> str:
-        blob = json.dumps({"id": self.identity, "templates": self.templates, "avg": self.average,
-                           "names": list(names)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    def cache_key(self, names: Sequence[str], precision: str = "fp32") -> str:
+        """The entry's key; fp32 keys carry no precision (entries written before it stay valid)."""
+        fields = {"id": self.identity, "templates": self.templates, "avg": self.average, "names": list(names)}
+        if precision != "fp32":
+            fields["precision"] = precision
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
-    def cache_path(self, names: Sequence[str]) -> Path:
+    def cache_path(self, names: Sequence[str], precision: str = "fp32") -> Path:
         ident = hashlib.sha256(self.identity.encode()).hexdigest()[:16]
-        return vocabseg_home() / "text" / ident / f"{self.cache_key(names)}.pt"
+        return vocabseg_home() / "text" / ident / f"{self.cache_key(names, precision)}.pt"
 
-    def __call__(self, vocab: Vocabulary | Sequence[str]) -> torch.Tensor:
-        """[S, D] unit-norm embeddings, one per synonym (``vocab.prompts``)."""
+    def __call__(self, vocab: Vocabulary | Sequence[str], precision: str = "fp32") -> torch.Tensor:
+        """[S, D] unit-norm fp32 embeddings, one per synonym (``vocab.prompts``); ``precision``
+        ``bf16`` runs the text tower under bf16 autocast (cached apart from fp32)."""
         names = vocab.prompts if isinstance(vocab, Vocabulary) else list(vocab)
-        return self.encode_names(names)
+        return self.encode_names(names, precision)
 
-    def encode_names(self, names: Sequence[str]) -> torch.Tensor:
-        key = self.cache_key(names)
+    def encode_names(self, names: Sequence[str], precision: str = "fp32") -> torch.Tensor:
+        key = self.cache_key(names, precision)
         if key in self._memory:
             self._memory.move_to_end(key)
             return self._memory[key]
-        path = self.cache_path(names)
+        path = self.cache_path(names, precision)
         emb = None
         if self.cache and path.is_file():
             try:
@@ -165,7 +170,10 @@ class TextEncoder:
                 warnings.warn(f"text cache entry {path} is {problem}: re-encoded and rewritten", stacklevel=2)
                 emb = None
         if emb is None:
-            emb = self._encode(names)
+            low = torch.autocast(_device_of(self.clip_model).type, dtype=torch.bfloat16) if precision == "bf16" \
+                else nullcontext()
+            with low:
+                emb = self._encode(names)
             if self.cache:
                 self._write_cache(path, emb)
         self._memory[key] = emb

@@ -33,8 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files in --out that vocabseg did not write "
                                                             "for the same image (default: refuse)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="fp16 / bf16 autocast on a GPU (default fp32; CPU runs fp32 only)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="image side in bf16 on a GPU or a CPU with native bf16 (avx512_bf16 / amx_bf16), fp16 on a "
+                        "GPU; auto: bf16 where native, else fp32 (default fp32; the head always runs fp32)")
     p.add_argument("--save-scores", action="store_true", help="also save the [C, H, W] score map as .npy")
     p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",

@@ -1,15 +1,124 @@
 """Mixed precision, shared by inference (``Segmenter(precision=...)``) and training
-(``train.precision``): a name -> autocast dtype table and the context it selects."""
+(``train.precision``): a name -> autocast dtype table, the context it selects, and
+the run-time check of what the hardware runs natively.
+
+At inference only the vocabulary-independent image side (``encode_image``) runs under
+autocast (``image_side``); its outputs are cast back to fp32, so the head
+(``classify`` / ``classify_at`` / ``image_stats`` / ``finalize``: the final
+classification, the mask -> semantic sums, softmaxes) runs in fp32 on fp32 inputs.
+Inside the image side, CPU autocast runs matmuls / convolutions / attention in bf16;
+its CPU kernels for layer / group norm and softmax accumulate in fp32 and round only
+their outputs to bf16.
+"""
 from __future__ import annotations
 
-from contextlib import nullcontext
+import contextvars
+import functools
+from contextlib import contextmanager, nullcontext
+from dataclasses import fields, is_dataclass, replace
 
 import torch
 
+from ..errors import UserError
+
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+CHOICES = ("fp32", "bf16", "fp16", "auto")     # what ``--precision`` accepts
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def autocast(device_type: str, precision: str):
     """``torch.autocast`` at ``precision``'s dtype on ``device_type``; nothing for fp32."""
     dtype = PRECISIONS[precision]
     return torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> tuple[str, ...]:
+    """The native-bf16 CPU flags of this machine (``BF16_FLAGS`` found in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return ()
+    return tuple(flag for flag in BF16_FLAGS if flag in words)
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether ``device_type`` runs bf16 matmuls natively: on CPU an ``avx512_bf16`` /
+    ``amx_bf16`` flag (elsewhere than Linux: oneDNN's own check); on CUDA
+    ``torch.cuda.is_bf16_supported()``. Cached; tests monkeypatch it."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    import os
+    if os.path.exists("/proc/cpuinfo"):
+        return bool(cpu_flags())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve(precision: str, device) -> str:
+    """The precision to run (``fp32`` / ``fp16`` / ``bf16``) for a requested one on
+    ``device``: ``auto`` is bf16 where it is native, else fp32. A precision the
+    device does not run natively is a one-line ``UserError`` saying what to use."""
+    if precision not in CHOICES:
+        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(CHOICES)}")
+    kind = torch.device(device).type
+    if precision == "auto":
+        return "bf16" if native_bf16(kind) else "fp32"
+    if precision == "fp32" or kind == "cuda":
+        return precision
+    if precision == "fp16":
+        raise UserError(f"precision fp16 is for CUDA devices only; on {kind} use bf16 (where native), auto or fp32")
+    if not native_bf16(kind):
+        raise UserError(f"precision bf16 needs native bf16 ({' or '.join(BF16_FLAGS)}), which this {kind} lacks: "
+                        "there it is slower than fp32 and inexact; use fp32 or auto")
+    return precision
+
+
+_IMAGE_DTYPE: contextvars.ContextVar = contextvars.ContextVar("vocabseg_image_dtype", default=None)
+
+
+def to_fp32(x):
+    """``x`` (a tensor, dict, dataclass, list / tuple of them) with every floating tensor as fp32."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: to_fp32(v) for k, v in x.items()}
+    if is_dataclass(x) and not isinstance(x, type):
+        return replace(x, **{f.name: to_fp32(getattr(x, f.name)) for f in fields(x) if f.init})
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_fp32(v) for v in x) if not hasattr(x, "_fields") else type(x)(*map(to_fp32, x))
+    return x
+
+
+@contextmanager
+def image_side(model, precision: str):
+    """While active (in this thread), ``model.encode_image`` runs under ``precision``'s
+    autocast and returns fp32 features; everything else runs as called (fp32). The
+    model's class is switched once to a subclass whose ``encode_image`` does this (as
+    ``speed.use_fast_linears`` does for linears); outside the context it is the plain one."""
+    if PRECISIONS[precision] is None:
+        yield
+        return
+    if not getattr(type(model), "_image_side", False):
+        model.__class__ = _image_side_class(type(model))
+    token = _IMAGE_DTYPE.set(PRECISIONS[precision])
+    try:
+        yield
+    finally:
+        _IMAGE_DTYPE.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _image_side_class(cls: type) -> type:
+    def encode_image(self, images, *args, **kw):
+        dtype = _IMAGE_DTYPE.get()
+        if dtype is None:
+            return cls.encode_image(self, images, *args, **kw)
+        with torch.autocast(images.device.type, dtype=dtype):
+            out = cls.encode_image(self, images, *args, **kw)
+        return to_fp32(out)
+    return type(cls.__name__, (cls,), {"encode_image": encode_image, "_image_side": True,
+                                       "__module__": cls.__module__, "__doc__": cls.__doc__})
