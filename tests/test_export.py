@@ -28,7 +28,8 @@ def _image(h, w, seed=0):
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=() if p in QUICK else pytest.mark.slow) for p in PRESETS])
 def test_onnx_scores_equal_eager_fp32(tmp_path, preset):
     torch.manual_seed(0)
-    meta = export(load_model(preset), tmp_path / "exp")
+    model = load_model(preset)
+    meta = export(model, tmp_path / "exp", sizes=_window_sizes(model, [(60, 90), (97, 41)]))
     onnx = vocabseg.load(tmp_path / "exp")
     eager = vocabseg.load(tmp_path / "exp", runtime="torch")
     assert isinstance(onnx.model.encode_image, OnnxImage)
@@ -41,10 +42,17 @@ def test_onnx_scores_equal_eager_fp32(tmp_path, preset):
     assert meta["max_abs_diff"] <= 1e-4
 
 
+def _window_sizes(model, images):
+    """The padded window sizes these images give (for a model exported one size at a time)."""
+    from vocabseg.engine.inference.image import encode
+    return sorted({p for h, w in images for p in encode(model, torch.rand(3, h, w)).padded})
+
+
 def test_dynamic_size_is_checked_at_a_second_size(tmp_path):
     meta = export(load_model("san-tiny"), tmp_path / "exp")
-    assert meta["dynamic_size"] is True and meta["input_size"] is None
-    assert len(meta["checked_sizes"]) == 2 and meta["checked_sizes"][0] != meta["checked_sizes"][1]
+    assert meta["dynamic_size"] is True and [f["size"] for f in meta["files"]] == [None]
+    checked = meta["files"][0]["checked_sizes"]
+    assert len(checked) == 2 and checked[0] != checked[1]
 
 
 def test_cli_exports_and_refuses_a_non_empty_folder(tmp_path, capsys):
@@ -52,11 +60,11 @@ def test_cli_exports_and_refuses_a_non_empty_folder(tmp_path, capsys):
     assert main(["export", "maskclip-tiny", "--out", str(out)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{out}: maskclip-tiny image side as ONNX (input 32x32 only); max abs difference")
-    before = (out / ONNX_FILE).read_bytes()
+    before = (out / "image-32x32.onnx").read_bytes()
     assert main(["export", "maskclip-tiny", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == f"vocabseg export: error: {out} exists and is not empty: choose a new folder or pass --overwrite\n"
-    assert (out / ONNX_FILE).read_bytes() == before
+    assert (out / "image-32x32.onnx").read_bytes() == before
     assert main(["segment", str(_write(tmp_path)), "--model", str(out), "--labels", VOCAB,
                  "--out", str(tmp_path / "seg")]) == 0
     assert (tmp_path / "seg" / "img.json").is_file()
@@ -81,8 +89,8 @@ def test_a_fixed_size_export_refuses_another_size(tmp_path):
     model = vocabseg.load(tmp_path / "exp").model
     with pytest.raises(UserError) as e:
         model.encode_image(torch.rand(1, 3, 32, 48))
-    assert str(e.value) == (f"{tmp_path / 'exp' / ONNX_FILE} takes 32x32 windows only (exported at one size: "
-                            "maskclip-tiny does not allow dynamic sizes); this window is 32x48")
+    assert str(e.value) == (f"export {tmp_path / 'exp'} has no ONNX file for a 32x48 window (it has 32x32; "
+                            "maskclip-tiny: its window size is fixed by the protocol): export again with --size 32x48")
 
 
 def test_unknown_runtime_and_runtime_without_export(tmp_path):

@@ -19,7 +19,7 @@ from ..files import atomic_write
 from ..speed import plain_paths
 from .tree import flatten, mark_input_sides
 
-ONNX_FILE, META_FILE = "image.onnx", "export.json"
+ONNX_FILE, META_FILE = "image.onnx", "export.json"     # image.onnx: any size; image-HxW.onnx: one
 TOLERANCE = 1e-4         # max abs difference ONNX Runtime vs eager accepted at export time
 
 
@@ -73,21 +73,9 @@ def max_diff(a: list, b: list) -> float:
     return max((float((x.float() - y.float()).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
 
 
-def export(model, out: str | Path, overwrite: bool = False) -> dict:
-    """Write ``out``/{model checkpoint, image.onnx, export.json}; returns the export.json content."""
-    ort = need_onnx()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not empty: choose a new folder or pass --overwrite")
-    name = model.config.get("preset", type(model).__name__)
-    model = model.eval().float().cpu()
-    a, b = probe_sizes(model.protocol)
-    spec, ref_a = describe(model, a)
-    spec_b, ref_b = describe(model, b)
-    dynamic = a != b and spec == spec_b
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = out / ONNX_FILE
-    x = torch.rand(1, 3, *a, generator=torch.Generator().manual_seed(0))
+def write_onnx(model, name: str, path: Path, size, dynamic: bool, ort):
+    """Export ``model``'s flattened ``encode_image`` at input ``size`` to ``path``; the session."""
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
     shapes = ({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC},) if dynamic else None
     try:
         with warnings.catch_warnings(), torch.no_grad(), plain_paths():   # no oneDNN-only ops in the graph
@@ -99,22 +87,61 @@ def export(model, out: str | Path, overwrite: bool = False) -> dict:
     except Exception as e:       # the exporter's failures are many and long: one line naming the model
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"{name} cannot be exported to ONNX: {first}") from None
-    atomic_write(onnx_path, lambda f: program.save(f.name))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    diff = max_diff(run_onnx(session, x), ref_a)
-    if dynamic:
-        xb = torch.rand(1, 3, *b, generator=torch.Generator().manual_seed(0))
-        diff_b = max_diff(run_onnx(session, xb), ref_b)
-        dynamic = diff_b <= TOLERANCE
-        diff = max(diff, diff_b) if dynamic else diff
-    if diff > TOLERANCE:
-        onnx_path.unlink()
-        raise UserError(f"{name}: the ONNX image side differs from PyTorch by {diff:.2g} (max abs) "
-                        f"at input {a[0]}x{a[1]}; not exported")
+    atomic_write(path, lambda f: program.save(f.name))
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check(session, model, size) -> float:
+    """Max abs difference of the ONNX outputs from eager at input ``size`` (inf if ONNX Runtime fails)."""
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    with plain_paths():
+        ref = describe(model, size)[1]
+    try:
+        return max_diff(run_onnx(session, x), ref)
+    except Exception:            # a graph that specialised a size: its reshapes fail at another
+        return float("inf")
+
+
+def export(model, out: str | Path, overwrite: bool = False, sizes=None) -> dict:
+    """Write ``out``/{model checkpoint, ONNX file(s), export.json}; returns the export.json content.
+    One file for any input size where the model allows it (checked at a second size), else
+    one file per window input size in ``sizes`` ([(H, W)], default: the protocol's first)."""
+    ort = need_onnx()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} exists and is not empty: choose a new folder or pass --overwrite")
+    name = model.config.get("preset", type(model).__name__)
+    model = model.eval().float().cpu()
+    a, b = probe_sizes(model.protocol)
+    with plain_paths():
+        spec, spec_b = describe(model, a)[0], describe(model, b)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    files, why = [], "its window size is fixed by the protocol"
+    if a != b and spec == spec_b:
+        session = write_onnx(model, name, out / ONNX_FILE, a, True, ort)
+        diff = max(check(session, model, a), check(session, model, b))
+        if diff <= TOLERANCE:
+            files = [{"size": None, "onnx": ONNX_FILE, "outputs": spec, "checked_sizes": [list(a), list(b)],
+                      "max_abs_diff": diff}]
+        else:
+            (out / ONNX_FILE).unlink()
+            why = f"the graph exported at {a[0]}x{a[1]} fails at {b[0]}x{b[1]}"
+    elif a != b:
+        why = "its outputs' structure depends on the input size"
+    for size in ([] if files else [tuple(s) for s in (sizes or [a])]):
+        file = f"image-{size[0]}x{size[1]}.onnx"
+        session = write_onnx(model, name, out / file, size, False, ort)
+        diff = check(session, model, size)
+        if diff > TOLERANCE:
+            (out / file).unlink()
+            raise UserError(f"{name}: the ONNX image side differs from PyTorch by {diff:.2g} (max abs) "
+                            f"at input {size[0]}x{size[1]}; not exported")
+        with plain_paths():
+            files.append({"size": list(size), "onnx": file, "outputs": describe(model, size)[0],
+                          "checked_sizes": [list(size)], "max_abs_diff": diff})
     save_checkpoint(model, out)
-    meta = {"format": "vocabseg-export", "version": 1, "runtime": "onnxruntime", "onnx": ONNX_FILE,
-            "preset": name, "outputs": spec, "dynamic_size": dynamic,
-            "input_size": None if dynamic else list(a), "checked_sizes": [list(a)] + ([list(b)] if dynamic else []),
-            "max_abs_diff": diff}
+    meta = {"format": "vocabseg-export", "version": 1, "runtime": "onnxruntime", "preset": name,
+            "dynamic_size": files[0]["size"] is None, "fixed_size_reason": None if files[0]["size"] is None else why,
+            "max_abs_diff": max(f["max_abs_diff"] for f in files), "files": files}
     atomic_write(out / META_FILE, json.dumps(meta, indent=1))
     return meta

@@ -27,7 +27,7 @@ def read_meta(folder: Path) -> dict:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"export {folder}: {META_FILE} cannot be read ({type(e).__name__})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "vocabseg-export" or "outputs" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != "vocabseg-export" or not meta.get("files"):
         raise CheckpointError(f"export {folder}: {META_FILE} is not a vocabseg export description")
     return meta
 
@@ -36,24 +36,33 @@ class OnnxImage:
     """Stands in for ``model.encode_image``: images [B, 3, H, W] -> the same structure, via ONNX Runtime."""
 
     def __init__(self, folder: Path, meta: dict):
-        ort = need_onnx()
-        self.meta, self.file = meta, folder / meta["onnx"]
-        if not self.file.is_file():
-            raise CheckpointError(f"export {folder} has no {meta['onnx']}")
-        options = ort.SessionOptions()
-        threads = torch.get_num_threads()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.file), options, providers=["CPUExecutionProvider"])
+        self.ort, self.folder, self.meta = need_onnx(), folder, meta
+        self.files = {None if f["size"] is None else tuple(f["size"]): f for f in meta["files"]}
+        for f in meta["files"]:
+            if not (folder / f["onnx"]).is_file():
+                raise CheckpointError(f"export {folder} has no {f['onnx']}")
+        self.sessions = {}
+
+    def session(self, size):
+        key = None if None in self.files else size
+        if key not in self.files:
+            known = ", ".join(f"{h}x{w}" for h, w in self.files)
+            raise UserError(f"export {self.folder} has no ONNX file for a {size[0]}x{size[1]} window (it has {known}; "
+                            f"{self.meta['preset']}: {self.meta['fixed_size_reason']}): "
+                            f"export again with --size {size[0]}x{size[1]}")
+        if key not in self.sessions:
+            options = self.ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            self.sessions[key] = self.ort.InferenceSession(str(self.folder / self.files[key]["onnx"]), options,
+                                                           providers=["CPUExecutionProvider"])
+        return self.sessions[key], self.files[key]["outputs"]
 
     def __call__(self, images: torch.Tensor):
         size = tuple(images.shape[-2:])
-        fixed = self.meta.get("input_size")
-        if fixed and list(size) != list(fixed):
-            raise UserError(f"{self.file} takes {fixed[0]}x{fixed[1]} windows only (exported at one size: "
-                            f"{self.meta['preset']} does not allow dynamic sizes); this window is {size[0]}x{size[1]}")
-        outs = [run_onnx(self.session, images[i:i + 1].float()) for i in range(images.shape[0])]
+        session, spec = self.session(size)
+        outs = [run_onnx(session, images[i:i + 1].float()) for i in range(images.shape[0])]
         tensors = [torch.cat(parts).to(images.device) for parts in zip(*outs)]
-        return unflatten(self.meta["outputs"], tensors, size)
+        return unflatten(spec, tensors, size)
 
 
 def load_export(path: str | os.PathLike, runtime: str | None = None, device="cpu"):
