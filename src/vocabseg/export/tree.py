@@ -61,5 +61,7 @@ def unflatten(spec: dict, tensors, size: tuple[int, int]):
     if "tuple" in spec:
         return tuple(unflatten(v, tensors, size) for v in spec["tuple"])
     module, name = spec["dataclass"].split(":")
-    cls = getattr(importlib.import_module(module), name)
+    cls = importlib.import_module(module)
+    for part in name.split("."):       # a class nested in another
+        cls = getattr(cls, part)
     return cls(**{k: unflatten(v, tensors, size) for k, v in spec["fields"].items()})
