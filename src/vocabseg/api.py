@@ -34,7 +34,7 @@ TASKS = ("semantic", "panoptic", "instance")
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
-               clip_weights: str | None = None, device: str | torch.device = "cpu"):
+               clip_weights: str | None = None, device: str | torch.device = "cpu", runtime: str | None = None):
     """A ``SegModel`` ready for inference (eval mode, on ``device``).
 
     ``name_or_path``: a zoo name (``vocabseg models`` lists them; default
@@ -43,19 +43,25 @@ def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.
     without it a zoo model downloads its published weights on first use.
     ``clip_weights``: an open_clip tag or a local CLIP file for models built
     from CLIP (the training-free family) or that take part of CLIP from it.
-    The weight policy is ``registry.build``'s.
+    The weight policy is ``registry.build``'s. An export folder (``vocabseg export``) runs
+    its image side with ``runtime`` (default ``onnxruntime``; ``torch``: its checkpoint).
     """
+    from .export import is_export, load_export
+    if name_or_path is not None and weights is None and is_export(name_or_path):
+        return load_export(name_or_path, runtime=runtime, device=device)
+    if runtime not in (None, "torch"):
+        raise UserError(f"runtime {runtime} runs an export folder (vocabseg export); {name_or_path} is not one")
     return registry.build(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
 
 
 def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
          clip_weights: str | None = None, device: str | torch.device = "cpu",
          templates: str | None = None, precision: str = "fp32",
-         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Segmenter":
+         max_pixels: int | None = DEFAULT_MAX_PIXELS, runtime: str | None = None) -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
     precision = check_precision(precision, device)
     check_max_pixels(max_pixels)
-    model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device)
+    model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device, runtime=runtime)
     return Segmenter(model, templates=templates, name=model.config.get("preset", str(name_or_path)),
                      precision=precision, max_pixels=max_pixels)
 
