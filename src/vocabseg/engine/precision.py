@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextvars
 import functools
 from contextlib import contextmanager, nullcontext
-from dataclasses import fields, is_dataclass, replace
 
 import torch
 
 from ..errors import UserError
+from .inference.image import map_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHOICES = ("fp32", "bf16", "fp16", "auto")     # what ``--precision`` accepts
@@ -81,16 +81,8 @@ _IMAGE_DTYPE: contextvars.ContextVar = contextvars.ContextVar("vocabseg_image_dt
 
 
 def to_fp32(x):
-    """``x`` (a tensor, dict, dataclass, list / tuple of them) with every floating tensor as fp32."""
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.is_floating_point() else x
-    if isinstance(x, dict):
-        return {k: to_fp32(v) for k, v in x.items()}
-    if is_dataclass(x) and not isinstance(x, type):
-        return replace(x, **{f.name: to_fp32(getattr(x, f.name)) for f in fields(x) if f.init})
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_fp32(v) for v in x) if not hasattr(x, "_fields") else type(x)(*map(to_fp32, x))
-    return x
+    """``x`` (an ``encode_image`` output) with every floating tensor as fp32."""
+    return map_tensors(lambda t: t.float() if t.is_floating_point() else t, x)
 
 
 @contextmanager

@@ -43,18 +43,25 @@ def encode(model, image: torch.Tensor, protocol: Protocol | None = None) -> Imag
     return ImageFeatures(size, (h, w), boxes, padded, feats)
 
 
-def select(features, j: int):
-    """Image ``j`` of a batch of ``encode_image`` outputs (tensors, dicts, dataclasses,
-    lists / tuples of them): every tensor sliced to ``[j:j+1]``; other values kept."""
+def map_tensors(fn, features):
+    """``features`` (an ``encode_image`` output: tensors, dicts, dataclasses, lists / tuples
+    of them) with ``fn`` applied to every tensor; other values kept."""
     if isinstance(features, torch.Tensor):
-        return features[j:j + 1] if features.ndim else features
+        return fn(features)
     if isinstance(features, dict):
-        return {k: select(v, j) for k, v in features.items()}
+        return {k: map_tensors(fn, v) for k, v in features.items()}
     if is_dataclass(features) and not isinstance(features, type):
-        return replace(features, **{f.name: select(getattr(features, f.name), j) for f in fields(features)})
-    if isinstance(features, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in features):
-        return type(features)(select(v, j) for v in features)
+        return replace(features, **{f.name: map_tensors(fn, getattr(features, f.name))
+                                    for f in fields(features) if f.init})
+    if isinstance(features, (list, tuple)):
+        items = [map_tensors(fn, v) for v in features]
+        return type(features)(*items) if hasattr(features, "_fields") else type(features)(items)
     return features
+
+
+def select(features, j: int):
+    """Image ``j`` of a batch of ``encode_image`` outputs: every tensor sliced to ``[j:j+1]``."""
+    return map_tensors(lambda t: t[j:j + 1] if t.ndim else t, features)
 
 
 BAND_FLOATS = 1 << 26     # one band of full-size scores: 256 MB of float32 (most images: one band)
