@@ -28,7 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="zoo name (vocabseg models) or a vocabseg checkpoint folder")
     p.add_argument("--weights", default=None, help="published checkpoint file or vocabseg checkpoint")
     p.add_argument("--clip-weights", default=None, help="open_clip tag or CLIP weight file (training-free models)")
-    p.add_argument("--dataset", required=True, nargs="+", metavar="NAME", help="benchmark name(s), e.g. ade150")
+    p.add_argument("--dataset", required=True, nargs="+", metavar="NAME",
+                   help="benchmark name(s), e.g. ade150, or your own data: folder:PATH, coco:FILE.json[:IMAGE_DIR]")
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--root", default=None, help="datasets root (default $VOCABSEG_DATASETS or ./datasets)")
     p.add_argument("--allow-missing", action="store_true",

@@ -157,7 +157,8 @@ def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         close = difflib.get_close_matches(str(name).lower(), list(BENCHMARKS), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise UnknownDataset(f"unknown dataset {name!r}; {hint}known: {', '.join(BENCHMARKS)}")
+        raise UnknownDataset(f"unknown dataset {name!r}; {hint}known: {', '.join(BENCHMARKS)}, or your own "
+                             "data as folder:PATH or coco:FILE.json")
     return BENCHMARKS[name]
 
 

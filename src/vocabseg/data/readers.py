@@ -215,7 +215,11 @@ def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = 
     """The reader of benchmark ``name`` (a key of ``BENCHMARKS``) for ``split``
     ("val" or "train"). Raises FileNotFoundError naming the expected paths and the
     prepare command when the files are not there, ``IncompleteDataset`` when some are
-    missing (``allow_missing`` reads the complete pairs only)."""
+    missing (``allow_missing`` reads the complete pairs only). ``folder:PATH`` and
+    ``coco:FILE.json`` are your own data (``sources.py``; ``root`` does not apply)."""
+    from .sources import is_source, open_source
+    if is_source(name):
+        return open_source(name, split, allow_missing)
     bench = get_benchmark(name)
     if split not in bench.splits:
         raise KeyError(f"dataset {name!r} has splits {', '.join(bench.splits)}, not {split!r}")

@@ -1,7 +1,8 @@
 """Training configs: YAML files in ``configs/`` with six sections.
 
     model:    preset (zoo name), clip_weights, weights, + the preset's build options
-    data:     train (source or list of sources), root, vocabulary, workers,
+    data:     train (source or list of sources; a string NAME is {dataset: NAME, split: train}, e.g.
+              folder:PATH or coco:FILE.json), root, vocabulary, workers,
               transform (options of the model's train_transform), + other model keys
     optim:    name, lr, weight_decay, betas, eps, momentum, clip_grad_norm, clip_grad_type,
               freeze, + options of the model's param_groups (e.g. lower_lr)
@@ -35,7 +36,7 @@ NUM = (int, float)
 SCHEMA = {
     "model": ({"preset": (str, None), "clip_weights": ((str, type(None)), None), "weights": ((str, type(None)), None)},
               True),
-    "data": ({"train": ((dict, list), None), "root": ((str, type(None)), None),
+    "data": ({"train": ((dict, list, str), None), "root": ((str, type(None)), None),
               "vocabulary": ((str, type(None)), None), "workers": (int, 2), "transform": (dict, {})}, True),
     "optim": ({"name": (str, "adamw"), "lr": (NUM, None), "weight_decay": (NUM, 0.0), "betas": (list, [0.9, 0.999]),
                "eps": (NUM, 1e-8), "momentum": (NUM, 0.9), "clip_grad_norm": ((int, float, type(None)), None),
@@ -149,6 +150,10 @@ def validate(cfg: dict) -> dict:
     if len(out["optim"]["betas"]) != 2:
         raise ConfigError(f"optim.betas must hold two numbers, got {out['optim']['betas']}")
     train = out["data"]["train"]
+    if isinstance(train, str) or (isinstance(train, list) and any(isinstance(x, str) for x in train)):
+        train = [{"dataset": x, "split": "train"} if isinstance(x, str) else x
+                 for x in (train if isinstance(train, list) else [train])]
+        out["data"]["train"] = train if len(train) > 1 else train[0]
     for src in (train if isinstance(train, list) else [train]):
         if not isinstance(src, dict) or not ("dataset" in src or "type" in src):
             raise ConfigError(f"each data.train source needs 'dataset' (a benchmark) or 'type' "
