@@ -17,7 +17,10 @@ examples:
   torchrun --nproc_per_node 8 -m vocabseg.cli eval --model san-vit-l14 --dataset ade847
 The JSON holds miou_gt (mean over classes in the ground truth), miou_any (over classes in
 ground truth or prediction; a predicted-only class counts 0), fwiou, macc, pacc,
-per_class_iou, and for panoptic benchmarks pq {all, things, stuff} and mask_ap.
+per_class_iou, confusion (top confusions; per class its recall and what it is taken for), and for
+panoptic benchmarks pq {all, things, stuff} and mask_ap.
+Your own data: --dataset folder:PATH (images/, labels/, classes.txt) or coco:FILE.json[:IMAGE_DIR]
+  vocabseg eval --model runs/mine/model --dataset folder:data/mine --out results/ --plots
 """
 
 
@@ -41,6 +44,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="class names: auto (the model family's published list: san, fcclip, tf; default "
                         "names otherwise), default, fcclip, san, tf or clearclip")
     p.add_argument("--out", default=None, metavar="DIR", help="write eval_<model>_<dataset>.json here")
+    p.add_argument("--plots", action="store_true",
+                   help="with --out: also write confusion_<model>_<dataset>.png (row-normalised confusion matrix) and "
+                        "iou_<model>_<dataset>.png (per-class IoU bars); the JSON then holds the whole matrix")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (quick runs)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="crops per forward pass (default 4; lower it for very large vocabularies on a small GPU)")
@@ -61,6 +67,7 @@ def run(args) -> int:
     from ..engine.evaluation.evaluate import evaluate, summary_lines
     from ..errors import UserError
     from ..files import atomic_write
+    import torch
     from ..text import TEMPLATE_SETS
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
@@ -70,6 +77,8 @@ def run(args) -> int:
         raise UserError("--workers must be 0 (load in this process) or more")
     if args.templates is not None and args.templates not in TEMPLATE_SETS:
         raise UserError(f"unknown template set {args.templates!r}; use {', '.join(TEMPLATE_SETS)}")
+    if args.plots and not args.out:
+        raise UserError("--plots writes PNGs next to the JSON: give --out DIR")
     if args.out is not None:
         from ..outputs import check_out_folder
         check_out_folder(args.out)      # before hours of evaluation, not after
@@ -79,6 +88,10 @@ def run(args) -> int:
                     for name in args.dataset]
     except KeyError as e:
         raise UserError(str(e.args[0])) from None
+    for ds in datasets:
+        if not getattr(ds, "has_labels", True):
+            from ..engine.evaluation.evaluate import no_labels_message
+            raise UserError(no_labels_message(ds))
     dist = D.init(args.device)
     try:
         from ..api import load_model
@@ -88,7 +101,7 @@ def run(args) -> int:
             try:
                 result = evaluate(model, ds, templates=args.templates, batch_size=args.batch_size,
                                   workers=args.workers, limit=args.limit, progress=not args.no_progress,
-                                  convention=convention)
+                                  convention=convention, matrix=args.plots)
             except ValueError as e:
                 raise UserError(str(e)) from None
             result = {"model": name, "weights": args.weights, **result}
@@ -98,6 +111,13 @@ def run(args) -> int:
                     path = Path(args.out) / f"eval_{name}_{ds.name}.json"
                     atomic_write(path, json.dumps(result, indent=1))
                     print(f"  wrote {path}", flush=True)
+                    if args.plots:
+                        from ..engine.evaluation.plots import confusion_png, iou_bars_png
+                        for png in (confusion_png(torch.tensor(result["confusion_matrix"]),
+                                                  list(result["per_class_iou"]),
+                                                  Path(args.out) / f"confusion_{name}_{ds.name}.png"),
+                                    iou_bars_png(result["per_class_iou"], Path(args.out) / f"iou_{name}_{ds.name}.png")):
+                            print(f"  wrote {png}", flush=True)
     finally:
         D.cleanup()
     return 0

@@ -8,6 +8,8 @@ torchrun processes, reduced exactly (see ``metrics.py`` and ``distributed.py``).
 - panoptic benchmarks with a model whose ``tasks`` include "panoptic":
   ``pq`` = {all, things, stuff: {pq, sq, rq, n}} and ``per_class_pq``; with
   "instance" also ``mask_ap`` = {ap, ap50, ap75, aps, apm, apl};
+- ``confusion``: ``top`` (the largest confusions: class, predicted, pixels, share of the
+  class's pixels) and ``per_class`` (pixels, recall, the classes it is most taken for);
 - ``images``, ``skipped`` (images left out for a missing file: ``get_dataset(...,
   allow_missing=True)``), ``vocabulary``, ``templates``, ``batch_size``, ``world_size``, ``seconds``.
 
@@ -35,6 +37,7 @@ from .. import distributed as D
 from .. import inference
 from ..inference.batched import infer_batch
 from .mask_ap import detections, gt_instances, mask_ap
+from .plots import confusion_summary
 from .metrics import ConfusionMatrix, PanopticStats, panoptic_metrics, semantic_metrics
 from .subset import with_vocabulary
 
@@ -78,14 +81,19 @@ def dataset_vocabulary(dataset, convention: str | None = "auto", model_conventio
 
 @torch.no_grad()
 def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None, batch_size: int = 4,
-             workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto") -> dict:
+             workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto",
+             matrix: bool = False) -> dict:
     """Evaluate ``model`` on ``dataset`` (this process's share under torchrun) -> metrics dict
     (identical on every process). ``vocab`` defaults to ``dataset_vocabulary``; a
     vocabulary of fewer classes evaluates on those classes (``subset.py``);
-    ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images."""
+    ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images;
+    ``matrix``: the result holds the whole confusion matrix too (``confusion_matrix``, rows
+    ground truth). A dataset without labels (a ``folder:`` source lacking labels/) is refused."""
     from tqdm.auto import tqdm
     t0 = time.time()
     used = "custom"
+    if not getattr(dataset, "has_labels", True):
+        raise DatasetError(no_labels_message(dataset))
     skipped = int(getattr(dataset, "skipped", 0))
     if vocab is None:
         vocab, used = dataset_vocabulary(dataset, convention, model_convention(model))
@@ -134,7 +142,11 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     result = {"dataset": dataset.name, "split": getattr(dataset, "split", None), "images": n,
               "skipped": skipped, "vocabulary": used, "templates": templates or model.template_set, "batch_size": batch_size,
               "world_size": dist.world_size}
-    result.update(semantic_metrics(D.all_reduce_sum(conf.mat), vocab.names))
+    mat = D.all_reduce_sum(conf.mat)
+    result.update(semantic_metrics(mat, vocab.names))
+    result["confusion"] = confusion_summary(mat, vocab.names)
+    if matrix:
+        result["confusion_matrix"] = mat.tolist()
     if panoptic:
         stats = panoptic_metrics(D.all_reduce_sum(pq.stats), dataset.thing_ids, vocab.names)
         result["per_class_pq"] = stats.pop("per_class")
@@ -146,6 +158,13 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
                     dataset.thing_ids, vocab.names) if dist.is_main else None)
     result["seconds"] = round(time.time() - t0, 2)
     return result
+
+
+def no_labels_message(dataset) -> str:
+    spec = getattr(dataset, "spec", dataset.name)
+    return (f"{spec} has no labels (no labels/ folder): evaluation needs ground truth. Add labels/ (class-index "
+            f"PNGs named as the images), or segment the images with `vocabseg segment {getattr(dataset, 'root', 'DIR')}/images --labels-file "
+            f"{getattr(dataset, 'root', 'DIR')}/classes.txt`")
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -163,6 +182,10 @@ def summary_lines(result: dict) -> list[str]:
         for k in ("all", "things", "stuff"):
             q = result["pq"][k]
             lines.append(f"  PQ {k:<6} {f(q['pq'])}   SQ {f(q['sq'])}   RQ {f(q['rq'])}   ({q['n']} categories)")
+    top = (result.get("confusion") or {}).get("top", [])[:3]
+    if top:
+        lines.append("  top confusions: " + ", ".join(f"{c['class']} -> {c['predicted']} {c['share']:.1f}%"
+                                                        for c in top))
     if "mask_ap" in result:
         a = result["mask_ap"]
         lines.append(f"  mask AP {f(a['ap'])}   AP50 {f(a['ap50'])}   AP75 {f(a['ap75'])}")
