@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from .commands import bench, demo, eval, export, models, prepare, segment, train
+from .commands import bench, demo, eval, export, inspect_dataset, models, prepare, segment, train
 from .errors import UserError
 
-COMMANDS = [segment, models, eval, prepare, train, demo, bench, export]
+COMMANDS = [segment, models, eval, inspect_dataset, prepare, train, demo, bench, export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,15 +53,18 @@ def is_source(name) -> bool:
     return isinstance(name, str) and name.split(":", 1)[0] in KINDS and ":" in name
 
 
-def open_source(spec: str, split: str = "val", allow_missing: bool = False, check: bool = True):
-    """The reader of a ``folder:`` or ``coco:`` source (see the module docstring)."""
+def open_source(spec: str, split: str = "val", allow_missing: bool = False, check: bool = True,
+                strict: bool = True):
+    """The reader of a ``folder:`` or ``coco:`` source (see the module docstring). ``strict``
+    False: problems are kept in ``problems`` (one line, or "") instead of raised, and images
+    without a label are left out (``vocabseg inspect-dataset``)."""
     kind, _, rest = spec.partition(":")
     if not rest:
         raise DatasetError(f"{spec!r}: give a path after {kind}:, e.g. {kind}:" +
                            ("data/mine" if kind == "folder" else "annotations/instances_val.json"))
     if kind == "folder":
-        return FolderDataset(rest, split, allow_missing, check)
-    return CocoDataset(*_coco_parts(rest), split=split, check=check)
+        return FolderDataset(rest, split, allow_missing or not strict, check, strict)
+    return CocoDataset(*_coco_parts(rest), split=split, check=check, strict=strict)
 
 
 def _coco_parts(rest: str) -> tuple[str, str | None, str | None]:
@@ -83,16 +86,20 @@ class Problems:
     def add(self, what: str, example: str) -> None:
         self.kinds.setdefault(what, []).append(example)
 
-    def raise_if_any(self, hint: str = "") -> None:
+    def raise_if_any(self, hint: str = "", strict: bool = True) -> str:
+        """Raise the one line (``strict``) or return it ("" when all is well)."""
         if not self.kinds:
-            return
+            return ""
         total = sum(len(v) for v in self.kinds.values())
         parts = []
         for what, ex in self.kinds.items():
             more = f" and {len(ex) - SHOWN} more" if len(ex) > SHOWN else ""
             parts.append(f"{len(ex)} {what} ({', '.join(ex[:SHOWN])}{more})")
-        raise SourceProblems(f"{self.spec}: {total} problem{'s' if total > 1 else ''}: " + "; ".join(parts)
-                             + (f". {hint}" if hint else ""))
+        line = f"{self.spec}: {total} problem{'s' if total > 1 else ''}: " + "; ".join(parts) + \
+            (f". {hint}" if hint else "")
+        if strict:
+            raise SourceProblems(line)
+        return line
 
 
 def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -148,6 +155,7 @@ class _Source:
     thing_ids = None
     skipped = 0
     has_labels = True
+    problems = ""
 
     def vocabulary_for(self, convention: str | None = None) -> Vocabulary:
         return self.vocabulary
@@ -166,7 +174,8 @@ class FolderDataset(_Source):
 
     task = SEMANTIC
 
-    def __init__(self, path, split: str = "val", allow_missing: bool = False, check: bool = True):
+    def __init__(self, path, split: str = "val", allow_missing: bool = False, check: bool = True,
+                 strict: bool = True):
         self.root = Path(path)
         self.spec, self.split = f"folder:{path}", split
         self.name = "folder-" + (self.root.resolve().name or "data")
@@ -206,7 +215,7 @@ class FolderDataset(_Source):
                 raise DatasetError(f"{self.spec}: no splits/{split}.txt (splits: {have})")
         if self.has_labels:
             lacking = [s for s in stems if s not in labels]
-            if lacking and not allow_missing:
+            if lacking and (not allow_missing or not strict):
                 for s in lacking:
                     probs.add("images without a label", images[s][0].relative_to(self.root).as_posix())
             scope = set(stems)
@@ -221,7 +230,7 @@ class FolderDataset(_Source):
         self.files = [(images[s][0], labels[s][0] if self.has_labels else None) for s in stems]
         if check:
             self._check(probs)
-        probs.raise_if_any()
+        self.problems = probs.raise_if_any(strict=strict)
 
     def _check(self, probs: Problems) -> None:
         from tqdm.auto import tqdm
@@ -302,7 +311,8 @@ class CocoDataset(_Source):
 
     ignore_index = 255
 
-    def __init__(self, json_file, images=None, pngs=None, split: str = "val", check: bool = True):
+    def __init__(self, json_file, images=None, pngs=None, split: str = "val", check: bool = True,
+                 strict: bool = True):
         js = Path(json_file)
         self.spec, self.split = f"coco:{json_file}", split
         self.name = "coco-" + js.stem
@@ -357,7 +367,7 @@ class CocoDataset(_Source):
         self.records = [(im, by_image.get(im["id"], None if self.panoptic else [])) for im in imgs]
         if check:
             self._check(probs)
-        probs.raise_if_any()
+        self.problems = probs.raise_if_any(strict=strict)
         self.files = self.records
         if not self.files:
             raise DatasetError(f"{self.spec}: the JSON lists no images")
