@@ -174,6 +174,14 @@ class SegModel(nn.Module):
         """Optimiser parameter groups under the training config (see ``default_param_groups``)."""
         return default_param_groups(self, cfg)
 
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute the activations of the trained CLIP tower's blocks in the backward pass
+        instead of keeping them (``train.activation_checkpointing``): less memory, the same
+        gradients. Methods whose CLIP is trained through override it."""
+        if on:
+            raise ValueError(f"{type(self).__name__} has no activation checkpointing (its CLIP towers are not "
+                             "trained through, so their activations are not kept anyway)")
+
     def training_images(self, batch: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
         """Items' ``image`` (float [3, H, W] in 0..1, or uint8) -> (normalised images
         [B, 3, H', W'] zero-padded at the bottom / right to a common size that is a

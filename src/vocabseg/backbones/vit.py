@@ -16,6 +16,7 @@ Token layout is batch-first: [B, 1 + h*w, C], class token first.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -198,6 +199,7 @@ class ClipViT(nn.Module):
         self.width = visual.conv1.out_channels
         self.heads = visual.transformer.resblocks[0].attn.num_heads
         self.output_dim = visual.proj.shape[1] if visual.proj is not None else self.width
+        self.checkpointing = False      # forward_blocks recomputes each block's activations in backward
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -224,14 +226,20 @@ class ClipViT(nn.Module):
     def forward_blocks(self, x: torch.Tensor, start: int = 0, end: int | None = None,
                        collect: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run blocks ``start..end-1``. ``collect`` holds feature indices to keep:
-        index i = tokens after block i (1-based), index 0 = the input tokens."""
+        index i = tokens after block i (1-based), index 0 = the input tokens. With
+        ``checkpointing`` (and gradients on) each block's activations are recomputed in the
+        backward pass instead of kept (same values, less memory, one more block forward)."""
         end = self.num_layers if end is None else end
         feats = {}
         if 0 in collect and start == 0:
             feats[0] = x
         for i in range(start, end):   # fast path: our block_forward (SDPA, speed.linear) on open_clip's weights
             block = self.blocks[i]
-            x = block_forward(block, x) if speed.fast() and _plain_block(block) else block(x)
+            run = (lambda t, b=block: block_forward(b, t)) if speed.fast() and _plain_block(block) else block
+            if self.checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(run, x, use_reentrant=False)
+            else:
+                x = run(x)
             if i + 1 in collect:
                 feats[i + 1] = x
         return x, feats

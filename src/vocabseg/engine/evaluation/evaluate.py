@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ... import speed
-from ...data.benchmarks import DatasetError
+from ...data.benchmarks import BENCHMARKS, DatasetError
 from ...registry import spec_of
 from .. import distributed as D
 from .. import inference
@@ -98,7 +98,12 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
     if vocab is None:
         vocab, used = dataset_vocabulary(dataset, convention, model_convention(model))
     dataset = with_vocabulary(dataset, vocab)      # fewer classes: labels remapped, the others ignored
-    model.set_dataset(dataset.name)
+    if dataset.name in BENCHMARKS:
+        model.set_dataset(dataset.name)
+    else:             # your own data: the method's defaults, at the test protocol the caller set
+        protocol = model.protocol
+        model.set_dataset(None)
+        model.protocol = protocol
     speed.use_fast_linears(model.eval())
     device = model.device
     if text is None:

@@ -1,14 +1,14 @@
 """Training configs: YAML files in ``configs/`` with six sections.
 
     model:    preset (zoo name), clip_weights, weights, + the preset's build options
-    data:     train (source or list of sources; a string NAME is {dataset: NAME, split: train}, e.g.
+    data:     unseen (classes left out of training, evaluated), train (source or list of sources; a string NAME is {dataset: NAME, split: train}, e.g.
               folder:PATH or coco:FILE.json), root, vocabulary, workers,
               transform (options of the model's train_transform), + other model keys
     optim:    name, lr, weight_decay, betas, eps, momentum, clip_grad_norm, clip_grad_type,
               freeze, + options of the model's param_groups (e.g. lower_lr)
     schedule: name, iterations | epochs, power, milestones, gamma, warmup_iters |
               warmup_fraction, warmup_factor
-    train:    batch_size (global), precision, checkpoint_every, keep_checkpoints,
+    train:    batch_size (global), accumulate (micro-steps per iteration), activation_checkpointing, precision, checkpoint_every, keep_checkpoints,
               log_every, eval_every, seed, output_dir, tensorboard, find_unused_parameters
     eval:     datasets, split, root, limit, batch_size, templates, vocab_convention, protocol
 
@@ -37,7 +37,8 @@ SCHEMA = {
     "model": ({"preset": (str, None), "clip_weights": ((str, type(None)), None), "weights": ((str, type(None)), None)},
               True),
     "data": ({"train": ((dict, list, str), None), "root": ((str, type(None)), None),
-              "vocabulary": ((str, type(None)), None), "workers": (int, 2), "transform": (dict, {})}, True),
+              "vocabulary": ((str, type(None)), None), "unseen": (list, []), "workers": (int, 2),
+              "transform": (dict, {})}, True),
     "optim": ({"name": (str, "adamw"), "lr": (NUM, None), "weight_decay": (NUM, 0.0), "betas": (list, [0.9, 0.999]),
                "eps": (NUM, 1e-8), "momentum": (NUM, 0.9), "clip_grad_norm": ((int, float, type(None)), None),
                "clip_grad_type": (str, "full_model"), "freeze": (list, [])}, True),
@@ -48,7 +49,8 @@ SCHEMA = {
     "train": ({"batch_size": (int, None), "precision": (str, "fp32"), "checkpoint_every": (int, 1000),
                "keep_checkpoints": (int, 2), "log_every": (int, 20), "eval_every": (int, 0), "seed": (int, 0),
                "output_dir": ((str, type(None)), None), "tensorboard": (bool, False),
-               "find_unused_parameters": (bool, False)}, False),
+               "find_unused_parameters": (bool, False), "accumulate": (int, 1),
+               "activation_checkpointing": (bool, False)}, False),
     "eval": ({"datasets": (list, []), "split": (str, "val"), "root": ((str, type(None)), None),
               "limit": ((int, type(None)), None), "batch_size": (int, 4), "templates": ((str, type(None)), None),
               "vocab_convention": ((str, type(None)), "auto"), "protocol": (dict, {})}, False),
@@ -144,7 +146,7 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("schedule.milestones (iterations) is required by the multistep schedule")
     if s["warmup_iters"] and s["warmup_fraction"]:
         raise ConfigError("give at most one of schedule.warmup_iters and schedule.warmup_fraction")
-    for key in ("batch_size", "log_every"):
+    for key in ("batch_size", "log_every", "accumulate"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
     if len(out["optim"]["betas"]) != 2:

@@ -71,6 +71,82 @@ def train_vocabulary(cfg: dict, sources: list, model):
     return dataset_vocabulary(bench[0], "auto", model_convention(model))[0] if bench else None
 
 
+def seen_vocabulary(vocab: Vocabulary, unseen: list) -> Vocabulary:
+    """``vocab`` without the ``unseen`` classes (names: any synonym, case-insensitive; or indices):
+    the unseen-class protocol trains on the rest (their pixels ignored) and evaluates on all."""
+    if vocab is None:
+        raise ValueError("data.unseen needs a labelled training source (caption data has no classes)")
+    owner = {s.lower(): i for i, syns in enumerate(vocab.classes) for s in syns}
+    drop = set()
+    for u in unseen:
+        i = u if isinstance(u, int) and not isinstance(u, bool) else owner.get(str(u).lower())
+        if i is None or not 0 <= i < len(vocab):
+            raise ValueError(f"data.unseen: {u!r} is not a class of the training vocabulary "
+                             f"({', '.join(vocab.names[:10])}{', ...' if len(vocab) > 10 else ''})")
+        drop.add(i)
+    if len(drop) == len(vocab):
+        raise ValueError("data.unseen leaves no class to train on")
+    keep = [c for i, c in enumerate(vocab.classes) if i not in drop]
+    bg = vocab.background
+    return Vocabulary(tuple(keep), None if bg is None or bg in drop else bg - sum(d < bg for d in drop))
+
+
+def eval_datasets(cfg: dict) -> dict:
+    """``eval.datasets`` read with ``eval.split`` -> {name: reader}. ``same``: each own-data
+    training source (``folder:`` / ``coco:``) read with ``eval.split``."""
+    from ...data.sources import is_source
+    ev, names = cfg["eval"], []
+    for name in ev["datasets"]:
+        if name == "same":
+            train = cfg["data"]["train"]
+            own = [s["dataset"] for s in (train if isinstance(train, list) else [train])
+                   if is_source(s.get("dataset"))]
+            if not own:
+                raise ValueError("eval.datasets: 'same' evaluates the training sources given as folder:PATH or "
+                                 "coco:FILE.json, and data.train has none")
+            names += own
+        else:
+            names.append(name)
+    out = {}
+    for name in names:
+        try:
+            ds = get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
+        except KeyError as e:
+            raise ValueError(f"eval.datasets: {e.args[0]}") from None
+        if not getattr(ds, "has_labels", True):
+            raise ValueError(f"eval.datasets: {getattr(ds, 'spec', name)} has no labels/ folder: nothing to evaluate")
+        out[ds.name if is_source(name) else name] = ds
+    return out
+
+
+def accumulate_gradients(step, items: list, vocab, parts: int, scaler, device_type: str, precision: str,
+                         iteration: int) -> dict:
+    """Forward and backward ``items`` (this process's share of the global batch) in ``parts``
+    equal micro-batches; each micro-batch's loss is weighted by its share of the items, so the
+    gradients sum to those of the mean loss over the items (exactly so for losses that are means
+    over images). Under DistributedDataParallel the gradients are all-reduced once, on the last
+    micro-batch (``no_sync`` before). -> the weighted losses, detached."""
+    import contextlib
+    size = len(items) // parts
+    total: dict = {}
+    for j in range(parts):
+        chunk = items[j * size:(j + 1) * size]
+        ddp = isinstance(step, nn.parallel.DistributedDataParallel)
+        sync = step.no_sync() if ddp and j < parts - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast(device_type, precision):
+                losses = step(chunk, vocab)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss.item()} at iteration {iteration}: "
+                                         + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items()))
+            share = len(chunk) / len(items)
+            scaler.scale(loss * share).backward()
+        for k, v in losses.items():
+            total[k] = total.get(k, 0.0) + v.detach() * share
+    return total
+
+
 class TrainStep(nn.Module):
     """``forward(batch, vocab)`` = ``model.forward_train`` (what DDP wraps)."""
 
@@ -122,6 +198,9 @@ def run_eval(model, cfg: dict, datasets: dict, iteration: int, output_dir: Path,
                 r = evaluate(model, ds, templates=ev["templates"], batch_size=ev["batch_size"], workers=workers,
                              limit=ev["limit"], progress=False, convention=ev["vocab_convention"])
                 out[name] = {k: r[k] for k in ("miou_gt", "miou_any", "fwiou", "macc", "pacc", "images")}
+                if cfg["data"]["unseen"]:
+                    out[name].update(seen_unseen(r["per_class_iou"], cfg["data"]["unseen"]))
+                    r.update(out[name])
                 if "pq" in r:
                     out[name]["pq"] = r["pq"]["all"]["pq"]
                 if D.is_main():
@@ -131,6 +210,22 @@ def run_eval(model, cfg: dict, datasets: dict, iteration: int, output_dir: Path,
     finally:
         model.protocol = saved
         model.train()
+    return out
+
+
+def seen_unseen(per_class_iou: dict, unseen: list) -> dict:
+    """``miou_seen`` / ``miou_unseen``: mean IoU over the classes (that occur) outside / among
+    ``unseen`` (display names or indices into the evaluated vocabulary), and their harmonic mean."""
+    names = list(per_class_iou)
+    low = {str(u).lower() for u in unseen if not isinstance(u, int)} | \
+        {names[u].lower() for u in unseen if isinstance(u, int) and 0 <= u < len(names)}
+    groups = {"miou_seen": [], "miou_unseen": []}
+    for n, v in per_class_iou.items():
+        if v is not None:
+            groups["miou_unseen" if n.lower() in low else "miou_seen"].append(v)
+    out = {k: (sum(v) / len(v) if v else None) for k, v in groups.items()}
+    s, u = out["miou_seen"], out["miou_unseen"]
+    out["miou_harmonic"] = 2 * s * u / (s + u) if s and u else None
     return out
 
 
@@ -178,38 +273,42 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | Path = False,
-          device: str | None = None, progress: bool = True) -> dict:
+          device: str | None = None, progress: bool = True, model=None) -> dict:
     """Run a validated config (``config.load_config``). Returns a summary dict with
     ``iteration``, ``total``, ``stopped`` (a signal ended the run early), ``output_dir``,
-    ``checkpoint``, ``last_loss``, ``eval`` (last evaluation) and ``model`` (the trained module)."""
+    ``checkpoint``, ``last_loss``, ``eval`` (last evaluation) and ``model`` (the trained module).
+    ``model``: a SegModel to train instead of building ``cfg.model`` (its ``config`` names a preset)."""
     from tqdm.auto import tqdm
     t_cfg, o_cfg = cfg["train"], cfg["optim"]
     output_dir = Path(output_dir or t_cfg["output_dir"] or "")
     if not str(output_dir) or str(output_dir) == ".":
         raise ValueError("no output folder: set train.output_dir or pass --output DIR")
-    ev = cfg["eval"]
-    eval_sets = {}            # read once; a missing evaluation set fails now, not after hours of training
-    if ev["datasets"]:
-        for name in ev["datasets"]:
-            try:
-                eval_sets[name] = get_dataset(name, ev["split"], ev["root"] or cfg["data"]["root"])
-            except KeyError as e:
-                raise ValueError(f"eval.datasets: {e.args[0]}") from None
+    eval_sets = eval_datasets(cfg)    # read once; a missing evaluation set fails now, not after hours of training
     dist = D.init(device)
     seed = t_cfg["seed"]
     seed_all(seed)                                    # identical initial weights on every process
-    model = build_model(cfg["model"]).to(dist.device)
+    model = (build_model(cfg["model"]) if model is None else model).to(dist.device)
     if not model.trainable:
         raise ValueError(f"model {cfg['model']['preset']} has no forward_train: it cannot be trained")
+    if t_cfg["activation_checkpointing"]:
+        model.set_activation_checkpointing(True)
     sources = build_sources(cfg["data"])
+    for s in sources:
+        if not getattr(s, "has_labels", True):
+            raise ValueError(f"data.train: {getattr(s, 'spec', s.name)} has no labels/ folder: nothing to train on")
     vocab = train_vocabulary(cfg, sources, model)
+    if cfg["data"]["unseen"]:
+        vocab = seen_vocabulary(vocab, cfg["data"]["unseen"])
     if vocab is not None:        # benchmark labels follow the training vocabulary (a subset: others ignored)
         sources = [with_vocabulary(s, vocab) if hasattr(s, "vocabulary_for") else s for s in sources]
     train_set = concat(sources)
     transform = model.train_transform(cfg)
     ignore = getattr(sources[0], "ignore_index", None)
     data = SeededTransform(train_set, transform, seed, ignore)
-    batch = t_cfg["batch_size"]
+    batch, accumulate = t_cfg["batch_size"], t_cfg["accumulate"]
+    if batch % dist.world_size == 0 and (batch // dist.world_size) % accumulate:
+        raise ValueError(f"train.batch_size {batch} gives each of the {dist.world_size} processes "
+                         f"{batch // dist.world_size} images, which train.accumulate {accumulate} does not divide")
     per_epoch = len(train_set) // batch
     if per_epoch == 0:
         raise ValueError(f"the training set has {len(train_set)} samples, fewer than train.batch_size {batch}")
@@ -272,14 +371,10 @@ def train(cfg: dict, output_dir: str | Path | None = None, resume: bool | str | 
             loader = make_loader(data, batches, workers, pin=dist.device.type == "cuda")
             for items in loader:
                 schedule.apply(optimizer, it)
-                with autocast(dist.device.type, precision):
-                    losses = step(items, vocab)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss is {loss.item()} at iteration {it + 1}: "
-                                             + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items()))
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                losses = accumulate_gradients(step, items, vocab, accumulate, scaler, dist.device.type, precision,
+                                              it + 1)
+                loss = sum(losses.values())
                 scaler.unscale_(optimizer)
                 grad_norm = clip_gradients(optimizer, o_cfg["clip_grad_norm"], o_cfg["clip_grad_type"])
                 scaler.step(optimizer)

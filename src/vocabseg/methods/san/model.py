@@ -86,6 +86,11 @@ class SAN(SegModel):
             p.requires_grad_(False)
         self.clip.visual.positional_embedding.requires_grad_(True)
 
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Gradients reach the visual positional embedding through every CLIP block before the
+        split: with ``on`` those blocks' activations are recomputed in backward."""
+        self.vit.checkpointing = bool(on)
+
     def param_groups(self, cfg: dict | None = None) -> list[dict]:
         """AdamW groups of SAN's ``build_optimizer`` from the ``optim`` section
         (or a whole config): ``lr``; weight decay ``weight_decay`` (1e-4), but

@@ -1,0 +1,134 @@
+"""Gradient accumulation (``train.accumulate``) gives the update of the large batch, in one
+process and under DistributedDataParallel (2 processes, a fresh torchrun subprocess);
+activation checkpointing leaves SAN's losses and gradients unchanged; unseen classes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vocabseg.engine.training.config import validate
+from vocabseg.engine.training.train import seen_unseen, seen_vocabulary, train
+from vocabseg.testing.owndata import write_folder
+from vocabseg.testing.pixelmodel import PixelClassifier
+from vocabseg.vocab import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(data, out, accumulate, batch=8, iterations=3):
+    return validate({"model": {"preset": "pixel-classifier-test"},
+                     "data": {"train": f"folder:{data}", "workers": 0},
+                     "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "clip_grad_norm": 10.0},
+                     "schedule": {"iterations": iterations},
+                     "train": {"batch_size": batch, "accumulate": accumulate, "log_every": 1, "checkpoint_every": 0,
+                               "output_dir": str(out)}})
+
+
+def _run(cfg):
+    torch.manual_seed(0)
+    return train(cfg, progress=False, model=PixelClassifier())
+
+
+def test_accumulation_equals_the_large_batch(tmp_path):
+    write_folder(tmp_path / "d", num_images=16, size=(24, 32))
+    big = _run(_cfg(tmp_path / "d", tmp_path / "a", 1))
+    for parts in (2, 8):
+        small = _run(_cfg(tmp_path / "d", tmp_path / f"b{parts}", parts))
+        a, b = big["model"].state_dict(), small["model"].state_dict()
+        assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a), parts
+        assert small["last_loss"] == pytest.approx(big["last_loss"], rel=1e-5)
+    moved = max((big["model"].state_dict()[k] - PixelClassifier().state_dict()[k]).abs().max() for k in a)
+    assert moved > 1e-2                                            # the weights did change
+    with pytest.raises(ValueError, match="gives each of the 1 processes 8 images, which train.accumulate 3"):
+        _run(_cfg(tmp_path / "d", tmp_path / "c", 3))
+
+
+SCRIPT = """
+import sys, torch
+from vocabseg.engine.training.config import validate
+from vocabseg.engine.training.train import train
+from vocabseg.engine import distributed as D
+from vocabseg.testing.pixelmodel import PixelClassifier
+data, out, acc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = validate({"model": {"preset": "pixel-classifier-test"}, "data": {"train": "folder:" + data, "workers": 0},
+                "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "clip_grad_norm": 10.0},
+                "schedule": {"iterations": 3},
+                "train": {"batch_size": 8, "accumulate": acc, "log_every": 1, "checkpoint_every": 0,
+                          "output_dir": out}})
+torch.manual_seed(0)
+r = train(cfg, progress=False, model=PixelClassifier(), device="cpu")
+if D.is_main():
+    torch.save(r["model"].state_dict(), out + "/weights.pt")
+D.cleanup()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_accumulation_under_ddp_equals_the_large_batch(tmp_path):
+    write_folder(tmp_path / "d", num_images=16, size=(24, 32))
+    big = _run(_cfg(tmp_path / "d", tmp_path / "a", 1))
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    out = tmp_path / "ddp"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "d"), str(out), "2"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(out / "weights.pt", weights_only=True)
+    want = big["model"].state_dict()
+    assert all(torch.allclose(want[k], got[k], atol=1e-6, rtol=1e-5) for k in want)
+
+
+def test_activation_checkpointing_keeps_san_losses_and_gradients():
+    from vocabseg.registry import get_spec
+    torch.manual_seed(0)
+    model = get_spec("san-tiny").build().train()
+    g = torch.Generator().manual_seed(1)
+    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8, generator=g),
+              "sem_seg": torch.randint(0, 3, (64, 64), generator=g)} for _ in range(2)]
+    vocab = Vocabulary.parse("cat; dog; sky")
+    results = []
+    for on in (False, True):
+        model.set_activation_checkpointing(on)
+        model.zero_grad()
+        torch.manual_seed(5)                         # the point sampling draws the same points
+        losses = model.forward_train(batch, vocab)
+        sum(losses.values()).backward()
+        results.append((sum(losses.values()).item(),
+                        model.clip.visual.positional_embedding.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[0][1].abs().max() > 0 and torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    with pytest.raises(ValueError, match="FCCLIP has no activation checkpointing"):
+        get_spec("fcclip-tiny").build().set_activation_checkpointing(True)
+
+
+def test_unseen_class_protocol_helpers():
+    vocab = Vocabulary(tuple((n,) for n in ("background", "grass", "sky", "box")), background=0)
+    seen = seen_vocabulary(vocab, ["Sky", 3])
+    assert seen.names == ["background", "grass"] and seen.background == 0
+    assert seen_vocabulary(vocab, ["background"]).background is None
+    with pytest.raises(ValueError, match="'cloud' is not a class"):
+        seen_vocabulary(vocab, ["cloud"])
+    r = seen_unseen({"grass": 80.0, "sky": 40.0, "box": 20.0, "cone": None}, ["sky", "box"])
+    assert r == {"miou_seen": 80.0, "miou_unseen": 30.0, "miou_harmonic": pytest.approx(2 * 80 * 30 / 110)}
+
+
+def test_training_sources_need_labels_and_same_needs_own_data(tmp_path):
+    from vocabseg.engine.training.train import eval_datasets
+    write_folder(tmp_path / "d", num_images=4, val=2)
+    cfg = _cfg(tmp_path / "d", tmp_path / "a", 1, batch=2)
+    cfg["eval"]["datasets"] = ["same"]
+    sets = eval_datasets(cfg)
+    assert list(sets) == ["folder-d"] and len(sets["folder-d"]) == 2 and sets["folder-d"].split == "val"
+    cfg["data"]["train"] = {"dataset": "voc20", "split": "train"}
+    with pytest.raises(ValueError, match="'same' evaluates the training sources given as folder:PATH"):
+        eval_datasets(cfg)
+    (tmp_path / "d" / "labels").rename(tmp_path / "gone")
+    with pytest.raises(ValueError, match="has no labels/ folder: nothing to train on"):
+        _run(_cfg(tmp_path / "d", tmp_path / "b", 1, batch=2))
