@@ -6,24 +6,36 @@ from ...backbones.clip import create_clip
 from ...spec import ModelSpec, preset
 from .model import TrainingFreeCLIP
 from .proxyclip import BETA, GAMMA, ProxyCLIP
+from .resclip import BASES, RCS_BLOCKS, ResCLIP
 from .settings import METHODS, PUBLISHED, TINY
 from .vfm import TINY_VFM, create_vfm
 
 
 def build(method: str, clip_arch: str = "ViT-B-16", clip_weights: str | None = "openai",
           quick_gelu: bool | None = None, gaussian_std: float = 5.0, dataset: str | None = None,
-          **settings) -> TrainingFreeCLIP:
+          resclip: bool = False, rcs: bool = True, sfr: bool = True, rcs_blocks=RCS_BLOCKS,
+          delete_same_entity: bool = True, **settings) -> TrainingFreeCLIP:
     """``method`` over open_clip ``clip_arch`` with ``clip_weights`` (an open_clip
     tag or file; None = random init). ``settings`` override the method's defaults
     (short_side, max_side, mode, window, stride, logit_scale, prob_thd, area_thd);
-    ``dataset`` applies a benchmark's published settings (``set_dataset``)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    unknown = set(settings) - set(METHODS[method])
+    ``dataset`` applies a benchmark's published settings (``set_dataset``).
+    ``resclip``: ResCLIP on SCLIP / ClearCLIP / NACLIP, with RCS (``rcs``, blocks
+    ``rcs_blocks``) and SFR (``sfr``) switchable, and its settings (also temp_thd,
+    rcs_weights, sfr_weights)."""
+    if method not in METHODS or method in ("proxyclip", "resclip"):
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TITLES)}")
+    if resclip and method not in BASES:
+        raise ValueError(f"ResCLIP runs on {', '.join(BASES)}, not {method}")
+    known = METHODS["resclip" if resclip else method]
+    unknown = set(settings) - set(known)
     if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(METHODS[method])}")
+        raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(known)}")
     clip, tokenizer, identity = create_clip(clip_arch, clip_weights, quick_gelu=quick_gelu)
-    model = TrainingFreeCLIP(clip, tokenizer, identity, method, gaussian_std, settings).eval()
+    if resclip:
+        model = ResCLIP(clip, tokenizer, identity, method, gaussian_std, settings, rcs, sfr, rcs_blocks,
+                        delete_same_entity).eval()
+    else:
+        model = TrainingFreeCLIP(clip, tokenizer, identity, method, gaussian_std, settings).eval()
     if dataset is not None:
         model.set_dataset(dataset)
     return model
@@ -45,6 +57,18 @@ for _m, _title in TITLES.items():
         f"{_m}-tiny", build=preset(f"{_m}-tiny", build, method=_m, clip_arch="tiny-vit", clip_weights=None, **TINY),
         description=f"tiny random {_title} for tests", clip=("tiny-vit", None), test_only=True,
         convention=CONVENTIONS[_m], **FACTS)
+
+# ResCLIP on each of its bases: "<base preset>+resclip" (tiny: RCS from blocks 1-2 of tiny-vit's 4)
+for _m in BASES:
+    for _size, _fixed in (("vit-b16", {}), ("tiny", dict(clip_arch="tiny-vit", clip_weights=None, **TINY,
+                                                          rcs_blocks=(1, 2)))):
+        _name = f"{_m}-{_size}+resclip"
+        PRESETS[_name] = ModelSpec(
+            _name, build=preset(_name, build, method=_m, resclip=True, **_fixed),
+            description=(f"ResCLIP (RCS + SFR, training-free) on {TITLES[_m]}, CLIP ViT-B/16 (OpenAI)"
+                         if _size != "tiny" else f"tiny random ResCLIP on {TITLES[_m]} for tests"),
+            clip=("ViT-B-16", "openai") if _size != "tiny" else ("tiny-vit", None), test_only=_size == "tiny",
+            published=dict(PUBLISHED[f"{_m}+resclip"]) if _size != "tiny" else {}, convention="tf", **FACTS)
 
 
 def build_proxyclip(clip_arch: str = "ViT-B-16", clip_weights: str | None = "openai", vfm: str = "dino-vitb8",

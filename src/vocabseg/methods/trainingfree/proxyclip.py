@@ -62,7 +62,8 @@ class ProxyCLIP(TrainingFreeCLIP):
         self.clip, self.tokenizer, self.clip_identity = clip, tokenizer, identity
         self.attach("vit", ClipViT(clip.visual, pos_offset=0.1))   # DINO-style position resizing, as published
         self.vfm, self.vfm_name = vfm, vfm_name
-        self.method, self.beta, self.gamma = "proxyclip", float(beta), float(gamma)
+        self.method = self.settings_key = "proxyclip"
+        self.beta, self.gamma = float(beta), float(gamma)
         self.residual, self.padding = False, "center"
         self.base_settings = {**METHODS["proxyclip"], **(settings or {})}
         self.dataset = None
