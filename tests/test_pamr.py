@@ -3,8 +3,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import vocabseg
+from vocabseg import registry
+from vocabseg.engine import inference
+from vocabseg.engine.inference.refine import parse_refine
+from vocabseg.errors import UserError
 from vocabseg.layers.pamr import pamr
+from vocabseg.protocol import preprocess
 
 
 def loop_pamr(image, mask, iters, dilations):
@@ -80,3 +87,49 @@ def test_pamr_resizes_the_mask_with_align_corners_and_ignores_image_normalisatio
     assert torch.allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="dilations"):
         pamr(image, mask, dilations=())
+
+
+def test_refine_pamr_through_the_segmenter_and_batches():
+    """``refine="pamr"``: PAMR (10, (8, 16)) on the model's original-size scores with its resized
+    input resized back, then finalize; the same through predict_batch; the cache is kept."""
+    torch.manual_seed(0)
+    model = registry.build("naclip-tiny")
+    img = (torch.rand(3, 30, 44) * 255).byte()
+    plain = vocabseg.Segmenter(model)
+    refined = vocabseg.Segmenter(model, refine="pamr")
+    got = refined(img, "cat; dog, puppy; tree", return_scores=True)
+    vocab = vocabseg.Vocabulary.resolve("cat; dog, puppy; tree")
+    text = plain.text(vocab)
+    plain.set_image(img)
+    raw = inference.score_map(model, plain.features, text, vocab).raw(0, 30)
+    x = F.interpolate(preprocess(img.float() / 255, model.protocol), size=(30, 44), mode="bilinear",
+                      align_corners=False)
+    want = model.finalize(pamr(x, raw, 10, (8, 16)), vocab)[0]
+    assert torch.allclose(got.scores, want, atol=1e-5)
+    assert not torch.allclose(got.scores, plain.predict(vocab, return_scores=True).scores, atol=1e-3)
+    batch = refined.predict_batch([img, img.flip(-1)], vocab, return_scores=True)
+    assert torch.allclose(batch[0].scores, got.scores, atol=1e-5)
+    assert parse_refine("pamr:50:1,2,4,8,12,24") == (50, (1, 2, 4, 8, 12, 24))
+    for bad in ("pamr:0:1", "pamr:3", "crf", "pamr:2:a"):
+        with pytest.raises(UserError, match="unknown refinement"):
+            parse_refine(bad)
+    with pytest.raises(UserError, match="test-time augmentation"):
+        refined.predict(vocab, tta=True)
+
+
+def test_evaluate_with_refine_scores_the_refined_labels(tmp_path):
+    from vocabseg.data import get_dataset
+    from vocabseg.engine.evaluation.evaluate import evaluate
+    from vocabseg.engine.evaluation.metrics import ConfusionMatrix, semantic_metrics
+    from vocabseg.testing.synthetic import write_benchmark
+    write_benchmark("voc21", tmp_path, num_images=2)
+    ds = get_dataset("voc21", root=tmp_path)
+    torch.manual_seed(0)
+    model = registry.build("naclip-tiny")
+    result = evaluate(model, ds, vocab=ds.vocabulary, batch_size=2, workers=0, progress=False, refine="pamr")
+    seg = vocabseg.Segmenter(model, refine="pamr")
+    conf = ConfusionMatrix(ds.num_classes, ds.ignore_index)
+    for i in range(2):
+        conf.update(seg(ds[i]["image"], ds.vocabulary).labels, ds[i]["sem_seg"])
+    assert result["refine"] == "pamr"
+    assert semantic_metrics(conf.mat, ds.vocabulary.names)["miou_gt"] == pytest.approx(result["miou_gt"])

@@ -78,11 +78,13 @@ def dataset_vocabulary(dataset, convention: str | None = "auto", model_conventio
 
 @torch.no_grad()
 def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None, batch_size: int = 4,
-             workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto") -> dict:
+             workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto",
+             refine: str | None = None) -> dict:
     """Evaluate ``model`` on ``dataset`` (this process's share under torchrun) -> metrics dict
     (identical on every process). ``vocab`` defaults to ``dataset_vocabulary``; a
     vocabulary of fewer classes evaluates on those classes (``subset.py``);
-    ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images."""
+    ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images;
+    ``refine``: semantic post-processing (``inference.refine``, e.g. ``pamr``)."""
     from tqdm.auto import tqdm
     t0 = time.time()
     used = "custom"
@@ -126,14 +128,15 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
                     gts.append(gt_instances(idx, it["pan_seg"], it["segments_info"], dataset.thing_ids))
                     dets.extend(detections(idx, inference.instances(model, feats, text, vocab)))
         else:
-            for scores, it in zip(infer_batch(model, images, text, vocab, max_crops=batch_size), items):
+            for scores, it in zip(infer_batch(model, images, text, vocab, max_crops=batch_size, refine=refine),
+                                  items):
                 conf.update(scores.argmax(0), it["sem_seg"])
         bar.update(len(items))
     bar.close()
 
     result = {"dataset": dataset.name, "split": getattr(dataset, "split", None), "images": n,
               "skipped": skipped, "vocabulary": used, "templates": templates or model.template_set, "batch_size": batch_size,
-              "world_size": dist.world_size}
+              "world_size": dist.world_size, **({"refine": refine} if refine else {})}
     result.update(semantic_metrics(D.all_reduce_sum(conf.mat), vocab.names))
     if panoptic:
         stats = panoptic_metrics(D.all_reduce_sum(pq.stats), dataset.thing_ids, vocab.names)
