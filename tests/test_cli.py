@@ -62,6 +62,8 @@ def test_bad_images_are_reported_and_the_rest_processed(tmp_path, checkpoint, ca
     (["--labels", "a", "--task", "panoptic"], "does not do panoptic"),
     (["--labels", "a", "--templates", "fancy"], "unknown template set"),
     (["--labels", "a", "--show-groups"], "--show-groups"),
+    (["--labels", "a", "--refine", "crf"], "unknown refinement 'crf'"),
+    (["--labels", "a", "--refine", "pamr", "--tta"], "--refine applies to --task semantic without --tta"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, checkpoint, capsys, args, msg):
     _write_image(tmp_path / "x.png")

@@ -20,6 +20,7 @@ import torch
 from . import registry, speed
 from .engine import inference
 from .engine.inference import batched
+from .engine.inference.refine import parse_refine, refine_map
 from .engine.inference import tta as augmentation
 from .engine import precision as precisions
 from .errors import UserError
@@ -57,13 +58,14 @@ def load_model(name_or_path: str | os.PathLike | None = None, weights: str | os.
 def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
          clip_weights: str | None = None, device: str | torch.device = "cpu",
          templates: str | None = None, precision: str = "fp32",
-         max_pixels: int | None = DEFAULT_MAX_PIXELS, runtime: str | None = None) -> "Segmenter":
+         max_pixels: int | None = DEFAULT_MAX_PIXELS, runtime: str | None = None,
+         refine: str | None = None) -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
     precision = check_precision(precision, device)
     check_max_pixels(max_pixels)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device, runtime=runtime)
     return Segmenter(model, templates=templates, name=model.config.get("preset", str(name_or_path)),
-                     precision=precision, max_pixels=max_pixels)
+                     precision=precision, max_pixels=max_pixels, refine=refine)
 
 
 def check_precision(precision: str, device) -> str:
@@ -82,11 +84,14 @@ class Segmenter:
     fp32). Only the image side runs in low precision; the head runs in fp32.
     ``max_pixels``: larger images are refused (``ImageError``, read from the file header
     before decoding); default 40 MP, ``None`` for no limit.
+    ``refine``: post-processing of semantic scores, ``pamr`` or ``pamr:ITERS:D1,D2,...``
+    (``engine.inference.refine``); not with test-time augmentation.
     """
 
     def __init__(self, model, templates: str | None = None, name: str = "", precision: str = "fp32",
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, refine: str | None = None):
         self.model = speed.use_fast_linears(model.eval())
+        self.refine = refine if parse_refine(refine) else None
         self.precision = check_precision(precision, self.device)     # auto resolved
         self.max_pixels = check_max_pixels(max_pixels)
         self.name = name or model.config.get("preset", type(model).__name__)
@@ -159,6 +164,8 @@ class Segmenter:
             raise UserError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
         if tta and task != "semantic":
             raise UserError("test-time augmentation applies to semantic segmentation only")
+        if tta and self.refine:
+            raise UserError(f"refine={self.refine} does not combine with test-time augmentation")
         if task not in self.tasks:
             raise UserError(f"model {self.name} does not do {task} segmentation (it does: {', '.join(self.tasks)})")
         text = self.text(vocab, templates)
@@ -177,6 +184,9 @@ class Segmenter:
             scores = augmentation.tta_map(self.model, self._image.to(self.device).float().div_(255.0), text, vocab)
         else:
             scores = inference.score_map(self.model, self.features, text, vocab)
+            if self.refine:
+                scores = refine_map(scores, self._image.to(self.device).float().div_(255.0), self.model.protocol,
+                                    self.refine)
         labels, confidence, full = inference.semantic(scores, keep_scores=return_scores)
         return SemanticResult(labels, confidence, vocab, self._image, full, self.name)
 
@@ -195,7 +205,7 @@ class Segmenter:
         results = []
         with self.autocast():
             maps = batched.batch_maps(self.model, [im.to(self.device).float() / 255.0 for im in imgs], text, vocab,
-                                      max_crops=batch_size)
+                                      max_crops=batch_size, refine=self.refine)
             for im, scores in zip(imgs, maps):
                 labels, confidence, full = inference.semantic(scores, keep_scores=return_scores)
                 results.append(SemanticResult(labels, confidence, vocab, im, full, self.name))

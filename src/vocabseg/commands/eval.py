@@ -53,6 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..engine.inference.refine import REFINE_HELP
+    p.add_argument("--refine", default=None, metavar="SPEC", help=f"post-process semantic scores: {REFINE_HELP}")
     return p
 
 
@@ -83,6 +85,8 @@ def run(args) -> int:
         from ..outputs import check_out_folder
         check_out_folder(args.out)      # before hours of evaluation, not after
     convention = None if args.vocab_convention == "default" else args.vocab_convention
+    from ..engine.inference.refine import parse_refine
+    parse_refine(args.refine)          # a bad spec: one line before the model loads
     try:
         datasets = [get_dataset(name, args.split, args.root, allow_missing=args.allow_missing)
                     for name in args.dataset]
@@ -101,7 +105,7 @@ def run(args) -> int:
             try:
                 result = evaluate(model, ds, templates=args.templates, batch_size=args.batch_size,
                                   workers=args.workers, limit=args.limit, progress=not args.no_progress,
-                                  convention=convention, matrix=args.plots)
+                                  convention=convention, matrix=args.plots, refine=args.refine)
             except ValueError as e:
                 raise UserError(str(e)) from None
             result = {"model": name, "weights": args.weights, **result}

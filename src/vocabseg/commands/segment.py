@@ -42,6 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="semantic task: run N images (crops of equal padded size) through the model together")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over short sides 320..1120 "
                                                      "and flips (semantic task; 12x slower)")
+    from ..engine.inference.refine import REFINE_HELP
+    p.add_argument("--refine", default=None, metavar="SPEC", help=f"post-process semantic scores: {REFINE_HELP}")
     p.add_argument("--max-pixels", default=None, metavar="N", help="refuse larger images, read from the file header "
                    "(default 40000000 = 40 MP, which fits 8 GB with ADE-150; 'none': no limit)")
     return p
@@ -75,6 +77,9 @@ def check_options(args) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.tta and args.task != "semantic":
         raise UserError("--tta applies to --task semantic only")
+    from ..engine.inference.refine import parse_refine
+    if parse_refine(args.refine) and (args.task != "semantic" or args.tta):
+        raise UserError("--refine applies to --task semantic without --tta")
     if args.save_scores and args.task != "semantic":
         raise UserError("--save-scores applies to --task semantic only")
     if args.batch_size > 1 and (args.task != "semantic" or args.show_groups or args.tta):
@@ -151,7 +156,7 @@ def run(args) -> int:
         print(f"vocabseg segment: none of the {total} images can be segmented; nothing written", file=sys.stderr)
         return 1
     model = load_model(args.model, weights=args.weights, clip_weights=args.clip_weights, device=args.device)
-    seg = Segmenter(model, templates=args.templates, precision=args.precision, max_pixels=None)
+    seg = Segmenter(model, templates=args.templates, precision=args.precision, max_pixels=None, refine=args.refine)
     if args.task not in seg.tasks:
         raise UserError(f"model {seg.name} does not do {args.task} segmentation (it does: {', '.join(seg.tasks)})")
     if args.show_groups and not model.region_groups:

@@ -82,13 +82,14 @@ def dataset_vocabulary(dataset, convention: str | None = "auto", model_conventio
 @torch.no_grad()
 def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None, batch_size: int = 4,
              workers: int = 2, limit: int | None = None, progress: bool = True, convention: str | None = "auto",
-             matrix: bool = False) -> dict:
+             matrix: bool = False, refine: str | None = None) -> dict:
     """Evaluate ``model`` on ``dataset`` (this process's share under torchrun) -> metrics dict
     (identical on every process). ``vocab`` defaults to ``dataset_vocabulary``; a
     vocabulary of fewer classes evaluates on those classes (``subset.py``);
     ``text`` to ``model.text_encoder(templates)(vocab)``; ``limit``: the first N images;
     ``matrix``: the result holds the whole confusion matrix too (``confusion_matrix``, rows
-    ground truth). A dataset without labels (a ``folder:`` source lacking labels/) is refused."""
+    ground truth); ``refine``: semantic post-processing (``inference.refine``, e.g. ``pamr``).
+    A dataset without labels (a ``folder:`` source lacking labels/) is refused."""
     from tqdm.auto import tqdm
     t0 = time.time()
     used = "custom"
@@ -139,14 +140,15 @@ def evaluate(model, dataset, vocab=None, text=None, templates: str | None = None
                     gts.append(gt_instances(idx, it["pan_seg"], it["segments_info"], dataset.thing_ids))
                     dets.extend(detections(idx, inference.instances(model, feats, text, vocab)))
         else:
-            for scores, it in zip(infer_batch(model, images, text, vocab, max_crops=batch_size), items):
+            for scores, it in zip(infer_batch(model, images, text, vocab, max_crops=batch_size, refine=refine),
+                                  items):
                 conf.update(scores.argmax(0), it["sem_seg"])
         bar.update(len(items))
     bar.close()
 
     result = {"dataset": dataset.name, "split": getattr(dataset, "split", None), "images": n,
               "skipped": skipped, "vocabulary": used, "templates": templates or model.template_set, "batch_size": batch_size,
-              "world_size": dist.world_size}
+              "world_size": dist.world_size, **({"refine": refine} if refine else {})}
     mat = D.all_reduce_sum(conf.mat)
     result.update(semantic_metrics(mat, vocab.names))
     result["confusion"] = confusion_summary(mat, vocab.names)

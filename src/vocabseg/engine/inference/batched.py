@@ -11,20 +11,21 @@ import torch
 
 from ...protocol import pad_to_multiple, preprocess, protocol_boxes
 from .image import ScoreMap, full_scores, select, whole_map, window_map
+from .refine import refine_map
 
 
 @torch.no_grad()
 def infer_batch(model, images: list[torch.Tensor], text: torch.Tensor, vocab, protocol=None,
-                max_crops: int = 8) -> list[torch.Tensor]:
+                max_crops: int = 8, refine=None) -> list[torch.Tensor]:
     """Images float [3, H_i, W_i] in 0..1 -> per-class scores [C, H_i, W_i] each
-    (on the model's device)."""
-    return [full_scores(m) for m in batch_maps(model, images, text, vocab, protocol, max_crops)]
+    (on the model's device); ``refine``: a post-processing (``refine.parse_refine``)."""
+    return [full_scores(m) for m in batch_maps(model, images, text, vocab, protocol, max_crops, refine)]
 
 
 @torch.no_grad()
 def batch_maps(model, images: list[torch.Tensor], text: torch.Tensor, vocab, protocol=None,
-               max_crops: int = 8) -> list[ScoreMap]:
-    """As ``infer_batch``, each image's scores as a lazy ``ScoreMap``."""
+               max_crops: int = 8, refine=None) -> list[ScoreMap]:
+    """As ``infer_batch``, each image's scores as a lazy ``ScoreMap`` (``refine``: ``refine.refine_map``)."""
     p = protocol or model.protocol
     if max_crops < 1:
         raise ValueError(f"max_crops must be at least 1, got {max_crops}")
@@ -68,8 +69,6 @@ def batch_maps(model, images: list[torch.Tensor], text: torch.Tensor, vocab, pro
                 count[i][..., y0:y1, x0:x1] += 1
     results = []
     for i, img in enumerate(images):
-        if done[i] is not None:
-            results.append(done[i])
-            continue
-        results.append(window_map(model, total[i], count[i], img.shape[-2:], vocab))
+        out = done[i] if done[i] is not None else window_map(model, total[i], count[i], img.shape[-2:], vocab)
+        results.append(out if refine is None else refine_map(out, img, p, refine))
     return results

@@ -119,6 +119,7 @@ class TrainingFreeCLIP(SegModel):
         self.attach("vit", ClipViT(clip.visual, pos_offset=0.1))   # DINO-style position resizing
         self.method, self.gaussian_std = method, float(gaussian_std)
         self.residual, self.padding = LAST_BLOCK[method]
+        self.settings_key = method          # which published settings ``set_dataset`` reads (settings.DATASETS)
         self.base_settings = {**METHODS[method], **(settings or {})}
         self.dataset: str | None = None
         self._use_settings(self.base_settings)
@@ -135,7 +136,7 @@ class TrainingFreeCLIP(SegModel):
     def set_dataset(self, name: str | None) -> None:
         """Use the published settings of benchmark ``name`` (resize, window,
         logit scale, background threshold: ``maskclip_settings``); None restores the defaults."""
-        self._use_settings(self.base_settings if name is None else settings_for(self.method, name, self.base_settings))
+        self._use_settings(self.base_settings if name is None else settings_for(self.settings_key, name, self.base_settings))
         self.dataset = name
         if self.config:   # a saved checkpoint rebuilds with the same settings
             self.config = {k: v for k, v in self.config.items() if k != "dataset"}

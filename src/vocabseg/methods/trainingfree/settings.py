@@ -22,6 +22,19 @@ coco-stuff     short 448
 pc59, ade150
 =============  ==============================  ==============================  ==============================
 
+ProxyCLIP (mc-lan/ProxyCLIP@e7b767f, ``configs/cfg_*.py`` and ``ProxyCLIPSegmentation``'s
+defaults): short 336, windows 336 / 112, each window zero-padded (centred) to a
+multiple of 56, scale 40; ADE-150, ADE-847, PC-459 and Cityscapes short 448,
+Cityscapes windows 224 / 112; ``prob_thd`` VOC-21 0.2, PC-60 0.15, COCO-Object 0.25.
+The proxy attention's beta 1.2 and gamma 3.0 are the segmentor's defaults, never
+overridden by a config.
+
+ResCLIP (yvhangyang/ResCLIP@0e085f7, ``configs/cfg_*.py``, the same for its SCLIP, ClearCLIP
+and NACLIP bases): short 336 (Cityscapes 560), windows 224 / 112 (VOC-21, VOC-20: whole
+image), scale 40, SFR temperature threshold ``temp_thd`` and the (τ, λ) of RCS and SFR
+per benchmark (table in ``DATASETS["resclip"]``); ``delete_same_entity=True`` everywhere.
+Its segmentor has no default ``temp_thd`` (None raises): ours is ADE-150's (our choice).
+
 MaskCLIP has no configuration in these repositories; the papers' tables
 evaluate it with the SCLIP / NACLIP protocol (short 336, Cityscapes 560,
 224/112, scale 40). For its background threshold we take NACLIP's 0.1 (our
@@ -38,6 +51,8 @@ METHODS = {
     "sclip": dict(_SLIDE_336),
     "naclip": dict(_SLIDE_336),
     "clearclip": dict(_SLIDE_336, short_side=448, window=448, stride=224, logit_scale=50.0),
+    "proxyclip": dict(_SLIDE_336, window=336, pad_multiple=56),
+    "resclip": dict(_SLIDE_336, temp_thd=0.25, rcs_weights=(2.0, 0.3), sfr_weights=(2.1, 0.7)),
 }
 
 DATASETS = {
@@ -50,6 +65,18 @@ DATASETS = {
                "pc60": dict(prob_thd=0.1), "coco-object": dict(prob_thd=0.1), "cityscapes": dict(short_side=560)},
     "clearclip": {"voc21": dict(prob_thd=0.5), "pc60": dict(prob_thd=0.15), "coco-object": dict(prob_thd=0.4),
                   "cityscapes": dict(window=224, stride=224)},
+    "proxyclip": {"voc21": dict(prob_thd=0.2), "pc60": dict(prob_thd=0.15), "coco-object": dict(prob_thd=0.25),
+                  "ade150": dict(short_side=448), "ade847": dict(short_side=448), "pc459": dict(short_side=448),
+                  "cityscapes": dict(short_side=448, window=224, stride=112)},
+    "resclip": {   # (τ, λ) of RCS and SFR; ResCLIP's configs/cfg_*.py
+        "voc21": dict(mode="whole", prob_thd=0.1, temp_thd=0.50, rcs_weights=(2.0, 0.3), sfr_weights=(2.2, 0.7)),
+        "pc60": dict(prob_thd=0.1, temp_thd=0.30, rcs_weights=(2.0, 0.3), sfr_weights=(1.8, 0.7)),
+        "coco-object": dict(prob_thd=0.1, temp_thd=0.11, rcs_weights=(2.0, 0.4), sfr_weights=(1.8, 0.7)),
+        "voc20": dict(mode="whole", temp_thd=0.10, rcs_weights=(2.0, 0.6), sfr_weights=(2.1, 0.6)),
+        "cityscapes": dict(short_side=560, temp_thd=0.10, rcs_weights=(2.0, 0.2), sfr_weights=(2.1, 0.6)),
+        "pc59": dict(temp_thd=0.25, rcs_weights=(2.0, 0.4), sfr_weights=(1.8, 0.7)),
+        "ade150": dict(temp_thd=0.25, rcs_weights=(2.0, 0.3), sfr_weights=(2.1, 0.7)),
+        "coco-stuff": dict(temp_thd=0.11, rcs_weights=(2.0, 0.4), sfr_weights=(1.8, 0.7))},
 }
 
 # Published mIoU (CLIP ViT-B/16), from specs/benchmarks.md.
@@ -58,6 +85,12 @@ PUBLISHED = {
     "sclip": dict(zip(BENCHMARKS, (59.1, 30.4, 30.5, 80.4, 34.1, 22.4, 32.2, 16.1))),
     "clearclip": dict(zip(BENCHMARKS, (51.8, 32.6, 33.0, 80.9, 35.9, 23.9, 30.0, 16.7))),
     "naclip": dict(zip(BENCHMARKS, (58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4))),
+    # ProxyCLIP's paper (CLIP ViT-B/16, DINO proxy); its README has no per-benchmark table.
+    "proxyclip": dict(zip(BENCHMARKS, (61.3, 35.3, 37.5, 80.3, 39.1, 26.5, 38.1, 20.2))),
+    # ResCLIP's README (its figures), CLIP ViT-B/16, on each base method.
+    "sclip+resclip": dict(zip(BENCHMARKS, (60.7, 32.9, 34.3, 84.6, 35.8, 23.9, 34.4, 17.6))),
+    "clearclip+resclip": dict(zip(BENCHMARKS, (59.0, 32.9, 34.0, 87.1, 36.4, 24.3, 34.5, 17.8))),
+    "naclip+resclip": dict(zip(BENCHMARKS, (61.1, 33.5, 35.0, 86.0, 36.8, 24.7, 35.9, 18.0))),
 }
 
 # Tiny presets (tests): 64 px images, 32 px windows with stride 16 on tiny-vit (patch 16).
