@@ -26,11 +26,11 @@ from .backbones.clip import set_clip_activation
 from .checkpoint import CONFIG, WEIGHTS, folder_of, is_checkpoint, load_weights, read_config
 from .errors import CheckpointError, UnknownModel, UserError, WeightsNotFound
 from .hub import fetch_weights
-from .methods import fcclip, san, segclip, trainingfree
+from .methods import catseg, fcclip, san, segclip, trainingfree
 from .spec import ModelSpec
 
 DEFAULT_MODEL = "san-vit-b16"
-METHODS = (trainingfree, san, fcclip, segclip)
+METHODS = (trainingfree, san, fcclip, segclip, catseg)
 
 
 def all_specs(include_test: bool = False) -> dict[str, ModelSpec]:

@@ -53,12 +53,20 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], num_prefix: int =
     return torch.cat([prefix, body], dim=0)
 
 
+def in_proj_weight(attn: nn.MultiheadAttention) -> torch.Tensor:
+    """[3C, C] packed q / k / v projection of an attention layer, also when it keeps them
+    as separate ``q_proj_weight`` / ``k_proj_weight`` / ``v_proj_weight`` (CAT-Seg's CLIP)."""
+    if attn.in_proj_weight is not None:
+        return attn.in_proj_weight
+    return torch.cat([attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight], dim=0)
+
+
 def block_qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of an open_clip ``ResidualAttentionBlock`` for input tokens
     ``x`` [B, N, C] (``ln_1`` applied here): each [B, heads, N, C/heads], q not scaled."""
     attn = block.attn
     y = block.ln_1(x)
-    qkv = speed.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = speed.linear(y, in_proj_weight(attn), attn.in_proj_bias)
     b, n, _ = qkv.shape
     qkv = qkv.view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     return qkv[0], qkv[1], qkv[2]
@@ -142,7 +150,7 @@ def fast_sos(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     for i, block in enumerate(blocks):
         attn = block.attn
         if i == len(blocks) - 1:     # last block: the patches' keys and values only
-            kv = speed.linear(block.ln_1(x[:, 1:]), attn.in_proj_weight[c:], attn.in_proj_bias[c:])
+            kv = speed.linear(block.ln_1(x[:, 1:]), in_proj_weight(attn)[c:], attn.in_proj_bias[c:])
             kp, vp = kv.view(b, n, 2, heads, d).permute(2, 0, 3, 1, 4)                  # [B, h, L, d]
         else:                        # plain CLIP block on CLS + patches, keeping k and v
             qx, kx, vx = block_qkv(block, x)

@@ -1,0 +1,3 @@
+from .presets import PRESETS
+
+__all__ = ["PRESETS"]
