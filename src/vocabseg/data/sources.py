@@ -157,6 +157,7 @@ class _Source:
     skipped = 0
     has_labels = True
     problems = ""
+    split_file = None      # the file naming this split's images (folder splits/), else every image is in it
 
     def vocabulary_for(self, convention: str | None = None) -> Vocabulary:
         return self.vocabulary
