@@ -24,10 +24,7 @@ as one ``SourceProblems`` line with a count and the first few examples of each p
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -464,8 +461,3 @@ def _ann_mask(mask_utils, seg, h: int, w: int) -> np.ndarray:
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle).astype(bool)
 
-
-def with_cwd(spec: str) -> str:
-    """``spec`` with a relative path made absolute (for configs saved in a run folder)."""
-    kind, _, rest = spec.partition(":")
-    return f"{kind}:{os.path.abspath(rest)}" if rest and not os.path.isabs(rest) else spec
