@@ -10,6 +10,8 @@ synthetic dataset in its family's kind, then evaluated with
   fills + 4 thing shapes, each class with its own colour and shape; the
   171-class SAN vocabulary.
 - fcclip: COCO-panoptic-layout data, same scenes, the 133-class vocabulary.
+- NAME@folder (your own data): a ``folder:`` source in the layout of the README's "Your
+  own data", six classes, trained with ``train.accumulate`` 2, held out: its val split.
 - segclip: image-caption shards ("a red circle and a blue square.") with no
   mask at all; held out: the same kind of images, segmented with the four
   colour names.
@@ -78,8 +80,9 @@ def trainable_tiny_presets() -> list[str]:
     return sorted(out)
 
 
-def recipe(preset: str, family: str, work: Path, iterations: int, train_images: int, seed: int):
-    """(config, held-out dataset) for one tiny model."""
+def recipe(preset: str, family: str, work: Path, iterations: int, train_images: int, seed: int,
+           source: str = "benchmark"):
+    """(config, held-out dataset) for one tiny model (``source`` "folder": your-own-data layout)."""
     from vocabseg.data import get_dataset
     common = {"train": {"batch_size": 8, "log_every": 1, "checkpoint_every": 0, "seed": seed,
                         "output_dir": str(work / "run")},
@@ -97,6 +100,8 @@ def recipe(preset: str, family: str, work: Path, iterations: int, train_images: 
         cfg["train"]["batch_size"] = 32
         cfg["schedule"] = {"name": "warmup_cosine", "warmup_fraction": 0.15, "iterations": iterations}
         return validate(cfg), HeldOutShapes(seed=1234 + seed)
+    if source == "folder":
+        return folder_recipe(preset, family, work, iterations, train_images, seed, common)
     name = "coco-panoptic" if family == "fcclip" else "coco-stuff"
     data = work / "data"
     fills, shapes, vocab = distinct_classes(preset, family, name, seed)
@@ -110,6 +115,26 @@ def recipe(preset: str, family: str, work: Path, iterations: int, train_images: 
            "optim": {"lr": 3e-3, "weight_decay": 1e-4, "clip_grad_norm": 1.0},
            **common}
     return validate(cfg), get_dataset(name, "val", data)
+
+
+def folder_recipe(preset: str, family: str, work: Path, iterations: int, train_images: int, seed: int, common: dict):
+    """Your own data: a ``folder:`` source (images/, labels/, classes.txt, splits/) written by
+    ``vocabseg.testing.owndata`` with six classes the model's text tower tells apart, trained
+    through ``data.train: folder:...`` with ``train.accumulate`` 2 and evaluated on its val split."""
+    from vocabseg.data import get_dataset
+    from vocabseg.testing.owndata import write_folder
+    name = "coco-panoptic" if family == "fcclip" else "coco-stuff"
+    _, _, vocab = distinct_classes(preset, family, name, seed)
+    classes = [", ".join(x.replace(",", "\\,") for x in syns) for syns in vocab.classes]
+    data = work / "mine"
+    write_folder(data, train_images + 40, (SIZE, SIZE), seed, classes=classes, fills=2, val=40)
+    cfg = {"model": {"preset": preset},
+           "data": {"train": f"folder:{data}", "workers": 1,
+                    "transform": ({"image_size": SIZE, "min_scale": 0.8, "max_scale": 1.25} if family == "fcclip"
+                                  else {"crop_size": SIZE, "short_sizes": [SIZE, 80, 96], "max_size": 256})},
+           "optim": {"lr": 3e-3, "weight_decay": 1e-4, "clip_grad_norm": 1.0}, **common}
+    cfg["train"]["accumulate"] = 2
+    return validate(cfg), get_dataset(f"folder:{data}", "val")
 
 
 def distinct_classes(preset: str, family: str, dataset: str, seed: int, fills: int = 2, shapes: int = 4):
@@ -168,10 +193,12 @@ def chance(dataset, vocab_size: int, seed: int = 0) -> tuple[float, float]:
 
 
 def learn(preset: str, work: Path, iterations: int, train_images: int = 512, seed: int = 0) -> dict:
-    """Train ``preset`` for ``iterations`` and evaluate it on held-out images."""
+    """Train ``preset`` (``NAME@folder``: on a folder source) for ``iterations`` and evaluate it
+    on held-out images."""
     from vocabseg.registry import get_spec
+    preset, _, source = preset.partition("@")
     family = get_spec(preset).family
-    cfg, held_out = recipe(preset, family, Path(work), iterations, train_images, seed)
+    cfg, held_out = recipe(preset, family, Path(work), iterations, train_images, seed, source or "benchmark")
     t0 = time.time()
     out = train(cfg, progress=False)
     minutes = (time.time() - t0) / 60
@@ -186,7 +213,8 @@ def learn(preset: str, work: Path, iterations: int, train_images: int = 512, see
     losses = [line for line in (Path(cfg["train"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
     import json
-    return {"model": preset, "iterations": iterations, "minutes": minutes, "miou": result["miou_gt"],
+    return {"model": preset + (f" ({source} source)" if source else ""), "iterations": iterations, "minutes": minutes,
+            "miou": result["miou_gt"],
             "miou_any": result["miou_any"], "chance_random": rand, "chance_constant": const,
             "first_loss": json.loads(losses[0])["loss"], "last_loss": out["last_loss"],
             "pq": result.get("pq", {}).get("all", {}).get("pq")}
@@ -197,7 +225,8 @@ def calibrate(preset: str, minutes: float, train_images: int, seed: int) -> int:
     import json
     with tempfile.TemporaryDirectory() as tmp:
         from vocabseg.registry import get_spec
-        cfg, _ = recipe(preset, get_spec(preset).family, Path(tmp), 10, min(train_images, 128), seed)
+        name, _, source = preset.partition("@")
+        cfg, _ = recipe(name, get_spec(name).family, Path(tmp), 10, min(train_images, 128), seed, source or "benchmark")
         train(cfg, progress=False)
         lines = (Path(cfg["train"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()
         per_iter = float(np.median([json.loads(x)["seconds_per_iter"] for x in lines if '"loss"' in x][2:]))
@@ -206,7 +235,9 @@ def calibrate(preset: str, minutes: float, train_images: int, seed: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", default=None, help="tiny presets (default: every one with forward_train)")
+    ap.add_argument("--models", nargs="*", default=None,
+                    help="tiny presets, NAME@folder for your-own-data layout (default: every one with forward_train, "
+                         "and san-tiny@folder)")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time per model (sets the iterations)")
     ap.add_argument("--iterations", type=int, default=None, help="fixed iterations instead of --minutes")
     ap.add_argument("--train-images", type=int, default=512)
@@ -215,7 +246,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for preset in args.models or trainable_tiny_presets():
+    for preset in args.models or trainable_tiny_presets() + ["san-tiny@folder"]:
         iters = args.iterations or calibrate(preset, args.minutes, args.train_images, args.seed)
         with tempfile.TemporaryDirectory() as tmp:
             r = learn(preset, Path(tmp), iters, args.train_images, args.seed)

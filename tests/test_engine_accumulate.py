@@ -126,6 +126,11 @@ def test_training_sources_need_labels_and_same_needs_own_data(tmp_path):
     cfg["eval"]["datasets"] = ["same"]
     sets = eval_datasets(cfg)
     assert list(sets) == ["folder-d"] and len(sets["folder-d"]) == 2 and sets["folder-d"].split == "val"
+    write_folder(tmp_path / "nosplit", num_images=2)
+    cfg2 = _cfg(tmp_path / "nosplit", tmp_path / "a", 1, batch=2)
+    cfg2["eval"]["datasets"] = ["same"]
+    with pytest.warns(UserWarning, match="split val holds the training images too"):
+        eval_datasets(cfg2)
     cfg["data"]["train"] = {"dataset": "voc20", "split": "train"}
     with pytest.raises(ValueError, match="'same' evaluates the training sources given as folder:PATH"):
         eval_datasets(cfg)

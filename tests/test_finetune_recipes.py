@@ -44,3 +44,20 @@ def test_finetune_recipe_on_a_folder(tmp_path, family):
     begun = load_checkpoint(start).state_dict()
     changed = [k for k in begun if not torch.equal(begun[k], trained[k])]
     assert changed and len(changed) < len(begun)       # started from the checkpoint; frozen CLIP unchanged
+
+
+@pytest.mark.slow
+def test_fcclip_trains_on_coco_instances_segments(tmp_path):
+    from vocabseg.testing.owndata import write_coco
+    write_coco(tmp_path / "c", "instances", num_images=4, size=(64, 64))
+    out = tmp_path / "run"
+    code = cli_main(["train", str(ROOT / "configs/finetune-fcclip.yaml"), "model.preset=fcclip-tiny",
+                     f"data.train=coco:{tmp_path / 'c' / 'instances.json'}", "data.workers=0", "train.batch_size=2",
+                     "train.accumulate=2", "schedule.iterations=2", "schedule.warmup_iters=0", "train.log_every=1",
+                     "train.checkpoint_every=0", "eval.datasets=[same]", "eval.batch_size=2", *SHRINK["fcclip"],
+                     "--output", str(out), "--no-progress"])
+    assert code == 0
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iter"] for x in log if "loss" in x] == [1, 2] and all(x["loss"] > 0 for x in log if "loss" in x)
+    result = json.loads((out / "eval" / "iter_00000002_coco-instances.json").read_text())
+    assert result["images"] == 4 and list(result["per_class_iou"])[:2] == ["background", "grass"]

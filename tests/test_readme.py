@@ -9,11 +9,12 @@ What is changed to make a snippet runnable, and nothing else:
 - ``~`` is a temporary home whose ``downloads/`` holds synthetic raw downloads
   (``vocabseg.testing.write_raw``) for ``vocabseg prepare``;
 - the working directory is a temporary folder with ``photo.jpg``, ``more_photos/``,
-  ``classes.txt`` and ``runs/my-san/model``, and ``$VOCABSEG_DATASETS`` holds a synthetic
+  ``classes.txt``, ``runs/my-san/model`` and ``runs/shapes/model`` (a tiny FC-CLIP), and ``$VOCABSEG_DATASETS`` holds a synthetic
   copy (``write_benchmark``) of every benchmark a snippet names.
 
 Python blocks run in README order in one namespace, as a reader's session would. Shell lines
-run ``vocabseg segment | models | eval | prepare`` in-process and must exit 0. Commands that
+run ``vocabseg segment | models | eval | prepare | inspect-dataset`` and ``python -m vocabseg.testing.*``
+in-process and must exit 0. Commands that
 train, serve, benchmark for minutes, launch processes or install (``LONG``, torchrun, make, pip,
 benchmarks/*.py) are checked, not run (``check``): their arguments must parse with vocabseg's own
 parser, and the scripts, make targets, extras and config files they name must exist. Running the
@@ -37,7 +38,7 @@ WEIGHTS = {"san_vit_b_16.pth": "san-tiny", "fcclip_cocopan.pth": "fcclip-tiny"}
 RAW = {"voc": "voc", "pcontext": "pcontext", "pcontext-full": "pcontext-full", "ade20k": "ade20k",
        "ade20k-full": "ade20k-full", "coco-stuff": "coco", "coco-object": "coco", "coco-panoptic": "coco",
        "cityscapes": "cityscapes"}            # `vocabseg prepare KIND SRC` -> write_raw kind
-RUN = ("segment", "models", "eval", "prepare")
+RUN = ("segment", "models", "eval", "prepare", "inspect-dataset")
 LONG = {"train": "trains for hours", "demo": "serves until stopped", "bench": "measures for minutes"}
 SCRIPTS = {"benchmarks/speed.py": ["bench", "--all"]}     # scripts that are a vocabseg command
 
@@ -86,6 +87,7 @@ def session(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
     (work / "classes.txt").write_text("road\ncar, truck\nperson\n")
     save_checkpoint(get_spec("san-tiny").build(), work / "runs/my-san/model")
+    save_checkpoint(get_spec("fcclip-tiny").build(), work / "runs/shapes/model")    # "Your own data"
     text = README.read_text()
     for name in sorted(_datasets(text)):
         write_benchmark(name, base / "datasets", num_images=2)
@@ -122,6 +124,9 @@ def check(argv: list[str], where: str) -> None:
     elif argv[0] == "pip":
         extras = re.findall(r"\[(\w+)\]", argv[-1])
         assert all(re.search(rf"^{e} = ", (REPO / "pyproject.toml").read_text(), re.M) for e in extras), where
+    elif argv[0].endswith("python") and argv[1] == "-m":   # a vocabseg module's command line
+        import importlib
+        assert argv[2].startswith("vocabseg.") and callable(importlib.import_module(argv[2]).main), where
     elif argv[0].endswith("python"):            # benchmarks/*.py
         if argv[1] in SCRIPTS:
             build_parser().parse_args([*SCRIPTS[argv[1]], *argv[2:]])
@@ -178,6 +183,10 @@ def test_readme_shell_snippets_run(world, capsys):
             continue
         for argv in commands(runnable(code, world["ckpts"])):
             where = f"README.md:{line}: {' '.join(argv)}"
+            if argv[0] == "python" and argv[1] == "-m" and argv[2].startswith("vocabseg.testing."):
+                import importlib                # writes example data: run, in-process
+                assert importlib.import_module(argv[2]).main(argv[3:]) == 0, where
+                continue
             if argv[0] != "vocabseg" or argv[1] not in RUN:
                 check(argv, where)
                 continue

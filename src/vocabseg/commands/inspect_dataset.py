@@ -61,7 +61,7 @@ def statistics(ds, limit: int | None = None, progress: bool = True) -> dict:
     for s in sizes:
         common[f"{s[0]}x{s[1]}"] = common.get(f"{s[0]}x{s[1]}", 0) + 1
     return {"dataset": getattr(ds, "spec", ds.name), "split": getattr(ds, "split", None), "images": n,
-            "classes": ds.num_classes, "ignore_index": ds.ignore_index, "background": getattr(ds, "background", None),
+            "classes": ds.num_classes, "ignore_index": int(getattr(ds, "file_ignore", ds.ignore_index)), "background": getattr(ds, "background", None),
             "has_labels": bool(getattr(ds, "has_labels", True)),
             "height": {"min": int(hs.min()), "median": float(np.median(hs)), "max": int(hs.max())},
             "width": {"min": int(ws.min()), "median": float(np.median(ws)), "max": int(ws.max())},

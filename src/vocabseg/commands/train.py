@@ -12,6 +12,7 @@ examples:
   vocabseg train configs/san-vit-b16.yaml optim.lr=2e-4 train.batch_size=16 --output runs/try
   torchrun --nproc_per_node 8 -m vocabseg.cli train configs/fcclip-convnext-l.yaml
   vocabseg train configs/san-vit-b16.yaml --resume                 # continue runs/san-vit-b16/
+  vocabseg train configs/finetune-san.yaml data.train=folder:data/mine model.weights=san_vit_b_16.pth
 The run folder holds config.yaml, metrics.jsonl (one JSON line per log_every iterations and
 per evaluation), checkpoints/iter_*.pt (full state; SIGTERM or Ctrl-C saves one and stops),
 eval/*.json and, at the end, model/ (a vocabseg checkpoint: vocabseg eval --model DIR/model).

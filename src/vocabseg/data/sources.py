@@ -5,7 +5,8 @@
     images/       RGB images (jpg, png, ...), any sub-folders
     labels/       class-index maps matched to images by relative path without extension:
                   8-bit PNG, 16-bit PNG or TIFF; value i = line i of classes.txt, the ignore
-                  value (default 255; 65535 with more than 255 classes) = not labelled
+                  value (default 255; 65535 with more than 255 classes) = not labelled; items
+                  carry 255 for it (the file's value with more than 255 classes)
     classes.txt   one class per line, synonyms comma-separated; optional lines
                   ``#background N`` (class N means "no class") and ``#ignore N``
     splits/       optional train.txt / val.txt (one relative path without extension a line);
@@ -23,10 +24,7 @@ as one ``SourceProblems`` line with a count and the first few examples of each p
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +154,7 @@ class _Source:
     skipped = 0
     has_labels = True
     problems = ""
+    split_file = None      # the file naming this split's images (folder splits/), else every image is in it
 
     def vocabulary_for(self, convention: str | None = None) -> Vocabulary:
         return self.vocabulary
@@ -189,10 +188,13 @@ class FolderDataset(_Source):
         self.vocabulary, ignore = read_classes(cls)
         self.num_classes = len(self.vocabulary)
         self.background = self.vocabulary.background
-        self.ignore_index = ignore if ignore is not None else (255 if self.num_classes <= 255 else 65535)
-        if self.ignore_index < self.num_classes:
-            raise DatasetError(f"{cls}: the ignore value {self.ignore_index} is a class index (there are "
+        self.file_ignore = ignore if ignore is not None else (255 if self.num_classes <= 255 else 65535)
+        if self.file_ignore < self.num_classes:
+            raise DatasetError(f"{cls}: the ignore value {self.file_ignore} is a class index (there are "
                                f"{self.num_classes} classes); write '#ignore N' with N >= {self.num_classes}")
+        # items carry 255 for "not labelled" whatever the files use (the training recipes pad with 255),
+        # unless 255 is a class
+        self.ignore_index = 255 if self.num_classes <= 255 else self.file_ignore
         self.has_labels = lab_dir.is_dir()
         probs = Problems(self.spec)
         images = _files(img_dir, IMAGE_SUFFIXES)
@@ -254,20 +256,22 @@ class FolderDataset(_Source):
                 probs.add("labels of another size than their image",
                           f"{lrel} {arr.shape[0]}x{arr.shape[1]} vs {size[0]}x{size[1]}")
             values = np.unique(arr)
-            bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
+            bad = values[(values >= self.num_classes) & (values != self.file_ignore)]
             if bad.size:
                 probs.add(f"labels with a class index not in classes.txt ({self.num_classes} classes, "
-                          f"ignore {self.ignore_index})", f"{lrel}: {', '.join(map(str, bad[:4].tolist()))}")
+                          f"ignore {self.file_ignore})", f"{lrel}: {', '.join(map(str, bad[:4].tolist()))}")
 
     def label(self, i: int) -> torch.Tensor:
         if not self.has_labels:
             raise DatasetError(f"{self.spec} has no labels/ folder")
         path = self.files[i][1]
         arr = _read(read_label, path, "label").astype(np.int64)
-        bad = (arr >= self.num_classes) & (arr != self.ignore_index)
+        unlabelled = arr == self.file_ignore
+        bad = (arr >= self.num_classes) & ~unlabelled
         if bad.any():
             raise DatasetError(f"{path}: label value {int(arr[bad][0])} is not a class (0..{self.num_classes - 1}) "
-                               f"nor the ignore value {self.ignore_index}")
+                               f"nor the ignore value {self.file_ignore}")
+        arr[unlabelled] = self.ignore_index
         return torch.from_numpy(arr)
 
     def __getitem__(self, i: int) -> dict:
@@ -457,8 +461,3 @@ def _ann_mask(mask_utils, seg, h: int, w: int) -> np.ndarray:
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle).astype(bool)
 
-
-def with_cwd(spec: str) -> str:
-    """``spec`` with a relative path made absolute (for configs saved in a run folder)."""
-    kind, _, rest = spec.partition(":")
-    return f"{kind}:{os.path.abspath(rest)}" if rest and not os.path.isabs(rest) else spec

@@ -34,9 +34,10 @@ def confusion_summary(mat: torch.Tensor, names: Sequence[str], top: int = 10, pe
 
 
 def confusion_png(mat: torch.Tensor, names: Sequence[str], path: str | Path, max_classes: int = 40,
-                  cell: int = 16) -> Path:
+                  cell: int | None = None) -> Path:
     """Row-normalised confusion matrix (rows ground truth, columns prediction; the
-    ``max_classes`` classes with the most ground-truth or predicted pixels) as a PNG."""
+    ``max_classes`` classes with the most ground-truth or predicted pixels) as a PNG; cells of
+    ``cell`` px (default: 36 down to 12 as classes grow), percentages written in cells >= 28 px."""
     m = mat.double().numpy()
     weight = m.sum(1) + m.sum(0)
     keep = [int(i) for i in np.argsort(-weight, kind="stable")[:max_classes] if weight[i] > 0]
@@ -46,24 +47,30 @@ def confusion_png(mat: torch.Tensor, names: Sequence[str], path: str | Path, max
     font = _font(11)
     label_w = 150
     n = len(keep)
+    cell = cell or max(12, min(36, 640 // max(n, 1)))
     top_h = 150
-    img = Image.new("RGB", (label_w + n * cell + 10, top_h + n * cell + 30), "white")
+    caption = "rows: ground truth, columns: prediction (share of the row's pixels)"
+    width = max(label_w + n * cell + 10, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font)) + 10)
+    img = Image.new("RGB", (width, top_h + n * cell + 30), "white")
     d = ImageDraw.Draw(img)
     for r in range(n):
-        d.text((4, top_h + r * cell + 2), shorten(names[keep[r]], font, label_w - 8), fill="black", font=font)
+        d.text((4, top_h + r * cell + max(cell // 2 - 6, 1)), shorten(names[keep[r]], font, label_w - 8),
+               fill="black", font=font)
         for c in range(n):
             v = float(share[r, c])
             col = (int(255 * (1 - v)), int(255 * (1 - v * 0.6)), 255) if r != c else \
                 (int(255 * (1 - v)), 255, int(255 * (1 - v)))
             x, y = label_w + c * cell, top_h + r * cell
             d.rectangle([x, y, x + cell - 1, y + cell - 1], fill=col, outline=(220, 220, 220))
+            if cell >= 28 and v >= 0.005:
+                d.text((x + 3, y + cell // 2 - 6), f"{v * 100:.0f}", fill="black" if v < 0.6 else "white", font=font)
     col_img = Image.new("RGB", (top_h, n * cell), "white")     # column names, drawn then rotated
     cd = ImageDraw.Draw(col_img)
     for c in range(n):
-        cd.text((4, c * cell + 2), shorten(names[keep[c]], font, top_h - 8), fill="black", font=font)
+        cd.text((4, c * cell + max(cell // 2 - 6, 1)), shorten(names[keep[c]], font, top_h - 8), fill="black",
+                font=font)
     img.paste(col_img.rotate(90, expand=True), (label_w, 0))
-    d.text((4, top_h + n * cell + 8), "rows: ground truth, columns: prediction (share of the row's pixels)",
-           fill="black", font=font)
+    d.text((4, top_h + n * cell + 8), caption, fill="black", font=font)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return Path(path)

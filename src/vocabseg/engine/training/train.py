@@ -95,7 +95,7 @@ def eval_datasets(cfg: dict) -> dict:
     """``eval.datasets`` read with ``eval.split`` -> {name: reader}. ``same``: each own-data
     training source (``folder:`` / ``coco:``) read with ``eval.split``."""
     from ...data.sources import is_source
-    ev, names = cfg["eval"], []
+    ev, names, own = cfg["eval"], [], []
     for name in ev["datasets"]:
         if name == "same":
             train = cfg["data"]["train"]
@@ -115,6 +115,10 @@ def eval_datasets(cfg: dict) -> dict:
             raise ValueError(f"eval.datasets: {e.args[0]}") from None
         if not getattr(ds, "has_labels", True):
             raise ValueError(f"eval.datasets: {getattr(ds, 'spec', name)} has no labels/ folder: nothing to evaluate")
+        if name in own and ds.split_file is None:
+            import warnings
+            warnings.warn(f"{ds.spec}: split {ev['split']} holds the training images too (no splits/ files; a COCO "
+                          "file is one split), so this evaluation is on images the model trains on")
         out[ds.name if is_source(name) else name] = ds
     return out
 
