@@ -150,3 +150,14 @@ def test_error_messages():
         create_vfm("tiny-vfm", "nowhere.pt")
     with pytest.raises(ValueError, match="unknown settings"):
         build_proxyclip(clip_arch="tiny-vit", clip_weights=None, vfm="tiny-vfm", vfm_weights=None, temp_thd=0.1)
+
+
+def test_batched_windows_equal_one_at_a_time(model):
+    from vocabseg.engine.inference import infer
+    from vocabseg.engine.inference.batched import infer_batch
+    vocab = vocabseg.Vocabulary.resolve("cat; dog; tree")
+    text = model.text_encoder()(vocab)
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 40)]
+    many = infer_batch(model, images, text, vocab, max_crops=4)
+    for im, b in zip(images, many):
+        assert torch.allclose(infer(model, im, text, vocab), b, atol=1e-5)
