@@ -133,3 +133,10 @@ def test_evaluate_with_refine_scores_the_refined_labels(tmp_path):
         conf.update(seg(ds[i]["image"], ds.vocabulary).labels, ds[i]["sem_seg"])
     assert result["refine"] == "pamr"
     assert semantic_metrics(conf.mat, ds.vocabulary.names)["miou_gt"] == pytest.approx(result["miou_gt"])
+
+
+def test_demo_refuses_a_bad_refine_spec_before_loading(capsys):
+    from vocabseg.cli import main
+    assert main(["demo", "--model", "naclip-tiny", "--refine", "pamr:ten:8"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown refinement 'pamr:ten:8'" in err and "Traceback" not in err

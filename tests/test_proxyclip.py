@@ -150,3 +150,29 @@ def test_error_messages():
         create_vfm("tiny-vfm", "nowhere.pt")
     with pytest.raises(ValueError, match="unknown settings"):
         build_proxyclip(clip_arch="tiny-vit", clip_weights=None, vfm="tiny-vfm", vfm_weights=None, temp_thd=0.1)
+
+
+def test_batched_windows_equal_one_at_a_time(model):
+    from vocabseg.engine.inference import infer
+    from vocabseg.engine.inference.batched import infer_batch
+    vocab = vocabseg.Vocabulary.resolve("cat; dog; tree")
+    text = model.text_encoder()(vocab)
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 40)]
+    many = infer_batch(model, images, text, vocab, max_crops=4)
+    for im, b in zip(images, many):
+        assert torch.allclose(infer(model, im, text, vocab), b, atol=1e-5)
+
+
+def test_vfm_position_resizing_follows_each_hub_model():
+    """DINO / DINOv2 without registers: scale factor (grid + 0.1) / side (as ``backbones.vit``);
+    DINOv2 with registers: to the grid size with antialiasing."""
+    from vocabseg.backbones.vit import resize_pos_embed
+    from vocabseg.methods.trainingfree.vfm import VFMS, resize_vfm_pos
+    pos = torch.randn(1 + 37 * 37, 8)
+    assert torch.equal(resize_vfm_pos(pos, (24, 30), 1, 0.1), resize_pos_embed(pos, (24, 30), offset=0.1))
+    body = pos[1:].reshape(1, 37, 37, 8).permute(0, 3, 1, 2)
+    want = F.interpolate(body, size=(24, 30), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.allclose(resize_vfm_pos(pos, (24, 30), 1, 0.0, True)[1:], want)
+    assert torch.equal(resize_vfm_pos(pos, (37, 37), 1, 0.0, True), pos)
+    assert (VFMS["dinov2-vitb14-reg"].pos_offset, VFMS["dinov2-vitb14-reg"].pos_antialias) == (0.0, True)
+    assert (VFMS["dino-vitb8"].pos_offset, VFMS["dinov2-vitl14"].pos_antialias) == (0.1, False)

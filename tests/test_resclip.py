@@ -176,3 +176,14 @@ def test_segmenter_cache_and_checkpoint_round_trip(naclip, tmp_path, monkeypatch
     assert isinstance(again, ResCLIP) and again.rcs_blocks == (1, 2)
     c = vocabseg.Segmenter(again)(img, "cat; dog, puppy; tree", return_scores=True)
     assert torch.equal(c.labels, a.labels) and torch.allclose(c.scores, a.scores, atol=1e-6)
+
+
+def test_batched_windows_equal_one_at_a_time(naclip):
+    from vocabseg.engine.inference import infer
+    from vocabseg.engine.inference.batched import infer_batch
+    vocab = vocabseg.Vocabulary.resolve("cat; dog; tree")
+    text = naclip.text_encoder()(vocab)
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 40)]
+    many = infer_batch(naclip, images, text, vocab, max_crops=4)
+    for im, b in zip(images, many):
+        assert torch.allclose(infer(naclip, im, text, vocab), b, atol=1e-5)

@@ -35,6 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--examples", default=None, metavar="DIR", help="folder of example images (default: examples/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    from ..engine.inference.refine import REFINE_HELP
+    p.add_argument("--refine", default=None, metavar="SPEC", help=f"post-process semantic scores: {REFINE_HELP}")
     return p
 
 
@@ -135,6 +137,8 @@ def run(args) -> int:
     check_limits(args)
     check_address(args.host, args.port)
     check_device(args.device)
+    from ..engine.inference.refine import parse_refine
+    parse_refine(args.refine)
     models = model_list(args.model)
     examples = default_examples(args.examples)
     temp_dir = Path(tempfile.mkdtemp(prefix="vocabseg-demo-"))
@@ -150,7 +154,7 @@ def run(args) -> int:
     from ..api import load
     from ..demo.callbacks import Limits
     limits = Limits(max_pixels=args.max_pixels, max_upload_mb=args.max_upload_mb)
-    factory = functools.partial(load, device=args.device)
+    factory = functools.partial(load, device=args.device, refine=args.refine)
     first = next(iter(models))
     print(f"vocabseg demo: loading {first} ...", file=sys.stderr)
     demo = app.build_app(factory, models, limits=limits, temp_dir=temp_dir, examples=examples,

@@ -35,7 +35,7 @@ from ...backbones.vit import ClipViT, block_qkv, merge_heads
 from ...model import SegModel
 from .model import DenseFeatures, TrainingFreeCLIP, _check_vit
 from .settings import METHODS
-from .vfm import IMAGENET_MEAN, IMAGENET_STD, vfm_patch_features, vfm_patch_size
+from .vfm import IMAGENET_MEAN, IMAGENET_STD, VFM, VFMS, vfm_patch_features, vfm_patch_size
 from ...backbones.clip import CLIP_MEAN, CLIP_STD
 
 BETA, GAMMA = 1.2, 3.0
@@ -79,7 +79,9 @@ class ProxyCLIP(TrainingFreeCLIP):
         def stats(v):
             return torch.tensor(v, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         raw = images * stats(CLIP_STD) + stats(CLIP_MEAN)
-        return vfm_patch_features(self.vfm, (raw - stats(IMAGENET_MEAN)) / stats(IMAGENET_STD))
+        spec = VFMS.get(self.vfm_name, VFM("", "", False))
+        return vfm_patch_features(self.vfm, (raw - stats(IMAGENET_MEAN)) / stats(IMAGENET_STD), spec.pos_offset,
+                                  spec.pos_antialias)
 
     def dense_tokens(self, images: torch.Tensor, vfm_feats: torch.Tensor | None = None):
         """Normalised images [B, 3, H, W] -> patch tokens after ``ln_post`` / ``proj`` on the

@@ -9,9 +9,11 @@ with timm's filter: DINOv2's register tokens and class position folded as timm k
 them, ``mask_token`` dropped; DINO's layout is timm's).
 
 ``vfm_patch_features`` runs the ViT the way the hub code's ``get_intermediate_layers``
-does: patch embedding, position embedding resized DINO-style (bicubic, scale factor
-(grid + 0.1) / side, no antialias), class and register tokens, every block, the final
-norm, prefix tokens dropped -> [B, C, h, w].
+does: patch embedding, position embedding resized as that hub model does (bicubic;
+DINO and DINOv2 without registers: scale factor (grid + 0.1) / side, no antialias;
+DINOv2 with registers: to the grid size, antialiased — the hub builds those with
+``interpolate_offset=0``, ``interpolate_antialias=True``), class and register tokens,
+every block, the final norm, prefix tokens dropped -> [B, C, h, w].
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ...backbones.vit import resize_pos_embed
 from ...convert import load_file, mismatch
 from ...errors import CheckpointError, UnknownModel, WeightsNotFound
 from ...files import vocabseg_home
@@ -36,13 +38,15 @@ class VFM:
     timm_name: str            # timm architecture.tag; weights from https://huggingface.co/timm/<timm_name>
     hub: str                  # the torch.hub entry point the published code loads (or our addition)
     published: bool           # one of ProxyCLIP's pairs
+    pos_offset: float = 0.1   # position embedding resizing of the hub model (see vfm_patch_features)
+    pos_antialias: bool = False
 
 
 VFMS = {
     "dino-vitb8": VFM("vit_base_patch8_224.dino", "facebookresearch/dino dino_vitb8", True),
     "dino-vitb16": VFM("vit_base_patch16_224.dino", "facebookresearch/dino dino_vitb16", False),
     "dinov2-vitb14-reg": VFM("vit_base_patch14_reg4_dinov2.lvd142m", "facebookresearch/dinov2 dinov2_vitb14_reg",
-                             True),
+                             True, pos_offset=0.0, pos_antialias=True),
     "dinov2-vitl14": VFM("vit_large_patch14_dinov2.lvd142m", "facebookresearch/dinov2 dinov2_vitl14", False),
 }
 TINY_VFM = "tiny-vfm"        # random 2-block ViT, patch 8, width 32 (tests)
@@ -120,7 +124,27 @@ def load_vfm_state(model: nn.Module, sd: dict, source="state dict") -> None:
     model.load_state_dict(sd)
 
 
-def vfm_patch_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def resize_vfm_pos(pos: torch.Tensor, grid: tuple[int, int], num_prefix: int, offset: float = 0.1,
+                   antialias: bool = False) -> torch.Tensor:
+    """[P + S*S, C] -> [P + h*w, C] as the DINO / DINOv2 hub code: unchanged at its own size;
+    else bicubic with scale factor (grid + offset) / S (``offset`` > 0) or to the grid size."""
+    prefix, body = pos[:num_prefix], pos[num_prefix:]
+    side = int(round(body.shape[0] ** 0.5))
+    if (side, side) == tuple(grid):
+        return pos
+    body = body.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    if offset:
+        scale = ((grid[0] + offset) / side, (grid[1] + offset) / side)
+        body = F.interpolate(body, scale_factor=scale, mode="bicubic", antialias=antialias,
+                             recompute_scale_factor=False)
+    else:
+        body = F.interpolate(body, size=tuple(grid), mode="bicubic", antialias=antialias)
+    body = body.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([prefix, body], 0)
+
+
+def vfm_patch_features(vit: nn.Module, images: torch.Tensor, pos_offset: float = 0.1,
+                       pos_antialias: bool = False) -> torch.Tensor:
     """ImageNet-normalised images [B, 3, H, W] -> last-block patch tokens after the final
     norm [B, C, H // p, W // p] (class and register tokens dropped)."""
     x = vit.patch_embed.proj(images.to(vit.patch_embed.proj.weight.dtype))
@@ -130,10 +154,10 @@ def vfm_patch_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
     regs = [vit.reg_token.expand(b, -1, -1)] if getattr(vit, "reg_token", None) is not None else []
     pos = vit.pos_embed[0]
     if vit.no_embed_class:   # timm's DINOv2: the position embedding covers the patches only
-        x = x + resize_pos_embed(pos, (h, w), num_prefix=0, offset=0.1).to(x.dtype)
+        x = x + resize_vfm_pos(pos, (h, w), 0, pos_offset, pos_antialias).to(x.dtype)
         x = torch.cat(prefix + regs + [x], 1)
     else:
-        x = torch.cat(prefix + [x], 1) + resize_pos_embed(pos, (h, w), num_prefix=len(prefix), offset=0.1).to(x.dtype)
+        x = torch.cat(prefix + [x], 1) + resize_vfm_pos(pos, (h, w), len(prefix), pos_offset, pos_antialias).to(x.dtype)
         x = torch.cat([x[:, :len(prefix)], *regs, x[:, len(prefix):]], 1)
     x = vit.norm_pre(x)
     for block in vit.blocks:
