@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vocabseg import speed
 from vocabseg.api import Segmenter, load_model
 from vocabseg.checkpoint import save_checkpoint
 from vocabseg.methods.catseg import convert as conv
@@ -231,14 +232,14 @@ def test_sliding_probabilities_against_an_independent_fold(tiny):
 
 def test_whole_image_mode_and_set_dataset():
     model = get_spec("catseg-tiny").build(sliding=False).eval()
-    assert model.protocol.size_divisibility == 96 and model.protocol.mode == "whole"
+    assert model.protocol.size_divisibility == 32 and model.protocol.mode == "whole"
     model.set_dataset("ade150")
-    assert model.protocol.size_divisibility == 96
+    assert model.protocol.size_divisibility == 32
     seg = Segmenter(model)
-    r = seg(image(50, 100), "sky; road", return_scores=True)
-    assert r.scores.shape == (2, 50, 100)
+    r = seg(image(50, 110), "sky; road", return_scores=True)
+    assert r.scores.shape == (2, 50, 110)
     f = seg.features.features[0]
-    assert f["dense"].shape[:2] == (1, 1) and f["size"] == (672, 1344)    # short side 640, padded to a multiple of 96
+    assert f["dense"].shape[:2] == (1, 1) and f["size"] == (640, 1408)    # short side 640, padded to a multiple of 32
 
 
 # --- converter -------------------------------------------------------------------------
@@ -375,7 +376,7 @@ def test_tiny_checkpoint_loads_round_trips_and_errors(tmp_path):
 def test_checkpoint_round_trip(tiny, tmp_path):
     x = torch.randn(1, 3, 64, 64)
     vocab = Vocabulary.parse("a; b; c")
-    with torch.no_grad():
+    with torch.no_grad(), speed.plain_paths():      # Segmenter may have given ``tiny`` oneDNN linears (1e-7 apart)
         text = tiny.text_encoder().plain_prompt_features([TEMPLATE.format(n) for n in vocab.prompts], lambda n: None)
         want = tiny.predict(x, vocab, F.normalize(text, dim=-1))
         folder = save_checkpoint(tiny, tmp_path / "ckpt")
@@ -434,3 +435,24 @@ def test_train_transform_is_the_published_recipe():
     assert out["sem_seg"].shape == (384, 384)
     with pytest.raises(ValueError, match="unknown CAT-Seg transform keys"):
         model.train_transform({"data": {"transform": {"crop": 1}}})
+
+
+def test_published_recipe_config():
+    from pathlib import Path
+    from vocabseg.engine.training.config import load_config
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "catseg-vit-b16.yaml")
+    assert cfg["optim"]["lr"] == 2e-4 and cfg["optim"]["clip_grad_norm"] == 0.01
+    assert cfg["schedule"]["name"] == "warmup_cosine" and cfg["schedule"]["iterations"] == 80000
+    assert cfg["train"]["batch_size"] == 4 and cfg["data"]["vocabulary"] == "coco-stuff:catseg"
+    assert len(Vocabulary.from_dataset("coco-stuff", "catseg")) == 171
+    with torch.device("meta"):
+        model = get_spec("catseg-vit-b16").build(train_pooling=tuple(cfg["model"]["train_pooling"]))
+    groups = {g["name"]: g for g in model.param_groups(cfg)}
+    assert math.isclose(groups["clip_default"]["lr"], 2e-6) and groups["default"]["weight_decay"] == 1e-4
+    names = {id(p): n for n, p in model.named_parameters()}
+    clip = [names[id(p)] for p in groups["clip_default"]["params"]]
+    assert len(clip) == 2 * (12 + 12) and all(n.endswith(("q_proj_weight", "v_proj_weight")) for n in clip)
+    assert all(isinstance(p, torch.nn.Parameter) for p in groups["norm"]["params"])
+    out = model.train_transform(cfg)({"image": (torch.rand(3, 400, 600) * 255).to(torch.uint8),
+                                      "sem_seg": torch.zeros(400, 600, dtype=torch.long)})
+    assert out["image"].shape == (3, 384, 384)

@@ -291,3 +291,24 @@ def test_segment_batch_size_writes_what_batch_one_writes(tmp_path, capsys):
         assert np.array_equal(a, np.array(Image.open(tmp_path / "three" / f"{i}_labels.png")))
     assert main(base + ["--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_catseg_class_aggregation_without_padded_queries():
+    """CAT-Seg pads the class axis to ``pad_len`` with copies of one learned token: the
+    fast path adds their keys / values to the linear-attention sums without running them."""
+    torch.manual_seed(0)
+    model = get_spec("catseg-tiny").build().eval()
+    with torch.no_grad():
+        for name, p in model.aggregator.named_parameters():
+            if p.ndim <= 1 or "padding" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    layer = model.aggregator.layers[0].attention
+    x, g = torch.randn(2, 32, 3, 8, 8), torch.randn(2, 3, 16)
+    for pooling in ((1, 1), (2, 2)):
+        fast, plain = both(lambda: layer(x, g, pooling))
+        close(fast, plain, atol=1e-5)
+    vocab = Vocabulary.parse("sky; road; tree")
+    text = model.text_encoder()(vocab)
+    feats = model.encode_image(torch.randn(1, 3, 70, 90))
+    fast, plain = both(lambda: model.probabilities(model.view_logits(feats, text)))
+    close(fast, plain, atol=1e-5)

@@ -92,7 +92,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
         s: _sem("VOC2012/JPEGImages", f"VOC2012/annotations_detectron2/{s}", shared_images=True,
                 list_file=f"VOC2012/ImageSets/Segmentation/{s}.txt", list_required=False)
         for s in ("train", "val")},
-        "voc", _VOC, conventions=("fcclip", "san", "tf", "clearclip"),
+        "voc", _VOC, conventions=("fcclip", "san", "tf", "clearclip", "catseg"),
         notes="background -> 255, class ids - 1"),
     Benchmark("voc21", SEMANTIC, 21, 255, {
         s: _sem("VOC2012/JPEGImages", "VOC2012/SegmentationClass",
@@ -101,7 +101,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
         "voc", _VOC, background=0, conventions=("fcclip", "tf", "clearclip"), notes="raw SegmentationClass"),
     Benchmark("pc59", SEMANTIC, 59, 255, {
         s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
-        "pcontext", _PC, conventions=("fcclip", "san", "tf", "clearclip")),
+        "pcontext", _PC, conventions=("fcclip", "san", "tf", "clearclip", "catseg")),
     Benchmark("pc60", SEMANTIC, 60, 255, {
         s: _sem(f"pcontext/{s}/image", f"pcontext/{s}/label") for s in ("train", "val")},
         "pcontext", _PC, background=0, label_map="pc60", conventions=("tf", "clearclip"),
@@ -109,19 +109,19 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("pc459", SEMANTIC, 459, 65535, {
         s: _sem(f"pcontext_full/{s}/image", f"pcontext_full/{s}/label", label_suffix=".tif")
         for s in ("train", "val")},
-        "pcontext-full", _PCF, conventions=("fcclip", "san"), notes="16-bit TIFF labels"),
+        "pcontext-full", _PCF, conventions=("fcclip", "san", "catseg"), notes="16-bit TIFF labels"),
     Benchmark("ade150", SEMANTIC, 150, 255, {
         s: _sem(f"ADEChallengeData2016/images/{d}", f"ADEChallengeData2016/annotations_detectron2/{d}")
         for s, d in (("train", "training"), ("val", "validation"))},
-        "ade20k", _ADE, conventions=("fcclip", "san", "tf", "clearclip"), notes="raw - 1, 0 -> 255"),
+        "ade20k", _ADE, conventions=("fcclip", "san", "tf", "clearclip", "catseg"), notes="raw - 1, 0 -> 255"),
     Benchmark("ade847", SEMANTIC, 847, 65535, {
         s: _sem(f"ADE20K_2021_17_01/images_detectron2/{d}", f"ADE20K_2021_17_01/annotations_detectron2/{d}",
                 label_suffix=".tif") for s, d in (("train", "training"), ("val", "validation"))},
-        "ade20k-full", _ADEF, conventions=("fcclip", "san"), notes="16-bit TIFF labels"),
+        "ade20k-full", _ADEF, conventions=("fcclip", "san", "catseg"), notes="16-bit TIFF labels"),
     Benchmark("coco-stuff", SEMANTIC, 171, 255, {
         s: _sem(f"coco/{s}2017", f"coco/stuffthingmaps_detectron2/{s}2017") for s in ("train", "val")},
         "coco-stuff", _COCO + " and stuffthingmaps_trainval2017.zip extracted to stuffthingmaps/",
-        conventions=("fcclip", "san", "tf", "clearclip"), notes="182 -> 171 ids"),
+        conventions=("fcclip", "san", "tf", "clearclip", "catseg"), notes="182 -> 171 ids"),
     Benchmark("coco-object", SEMANTIC, 81, 255, {
         s: _sem(f"coco/{s}2017", f"coco/object_detectron2/{s}2017") for s in ("train", "val")},
         "coco-object", _COCO + " and annotations/instances_{train,val}2017.json",

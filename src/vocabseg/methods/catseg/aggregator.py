@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
+from ... import speed
 from .decoder import Up, decode
 
 BLOCKED = -100.0    # additive attention mask between pixels of different shifted-window regions
@@ -149,6 +150,19 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     return torch.einsum("nlhd,nhde->nlhe", q, kv) * z[..., None] * length
 
 
+def padded_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pad: torch.Tensor,
+                            v_pad: torch.Tensor, pad: int, eps: float = 1e-6) -> torch.Tensor:
+    """``linear_attention`` of q, k, v [N, L, heads, d] with ``pad`` more keys / values
+    that all equal ``k_pad`` / ``v_pad`` [heads, d] appended, for the L real queries
+    only: the padded tokens enter the sums ``pad`` times, their queries are not run."""
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    k_pad = F.elu(k_pad) + 1
+    length = v.shape[1] + pad
+    kv = torch.einsum("nshd,nshe->nhde", k, v / length) + pad * k_pad[..., None] * (v_pad / length)[:, None, :]
+    z = 1.0 / (torch.einsum("nlhd,nhd->nlh", q, k.sum(1) + pad * k_pad) + eps)
+    return torch.einsum("nlhd,nhde->nlhe", q, kv) * z[..., None] * length
+
+
 class ClassAttention(nn.Module):
     """q, k = Linear([x; text guidance]), v = Linear(x); linear attention; no output projection."""
 
@@ -159,12 +173,20 @@ class ClassAttention(nn.Module):
         self.k = nn.Linear(dim + guidance, dim)
         self.v = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
-        """x [N, T, C], guidance [N, T, G] or None -> [N, T, C]."""
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None, pad_token: torch.Tensor | None = None,
+                pad_guidance: torch.Tensor | None = None, pad: int = 0) -> torch.Tensor:
+        """x [N, T, C], guidance [N, T, G] or None -> [N, T, C]. With ``pad`` > 0 the
+        sequence is taken to continue with ``pad`` copies of ``pad_token`` [C] (and
+        ``pad_guidance`` [G]) whose outputs are not computed (``padded_linear_attention``)."""
         xg = x if guidance is None else torch.cat([x, guidance], dim=-1)
         n, t, c = x.shape
         split = lambda y: y.view(n, t, self.heads, -1)    # noqa: E731
-        return linear_attention(split(self.q(xg)), split(self.k(xg)), split(self.v(x))).reshape(n, t, c)
+        if not pad:
+            return linear_attention(split(self.q(xg)), split(self.k(xg)), split(self.v(x))).reshape(n, t, c)
+        pg = pad_token if pad_guidance is None else torch.cat([pad_token, pad_guidance])
+        k_pad, v_pad = self.k(pg).view(self.heads, -1), self.v(pad_token).view(self.heads, -1)
+        out = padded_linear_attention(split(self.q(xg)), split(self.k(xg)), split(self.v(x)), k_pad, v_pad, pad)
+        return out.reshape(n, t, c)
 
 
 class ClassAggregation(nn.Module):
@@ -191,9 +213,12 @@ class ClassAggregation(nn.Module):
         hp, wp = y.shape[-2:]
         y = y.view(b, t, c, hp * wp).permute(0, 3, 1, 2)                               # [B, h*w, T, C]
         pad = self.pad_len - t if self.padding_tokens is not None and t < self.pad_len else 0
-        if pad:
+        skip = pad and speed.fast()     # fast path: the padded tokens' own outputs are never computed
+        pad_guidance = self.padding_guidance[0, 0] if guidance is not None and self.padding_guidance is not None \
+            else None
+        if pad and not skip:
             y = torch.cat([y, self.padding_tokens.expand(b, hp * wp, pad, c)], dim=2)
-            if guidance is not None and self.padding_guidance is not None:
+            if pad_guidance is not None:
                 guidance = torch.cat([guidance, self.padding_guidance.expand(b, pad, -1)], dim=1)
         y = y.flatten(0, 1)                                                             # [B*h*w, T', C]
         out = torch.empty_like(y)
@@ -201,9 +226,13 @@ class ClassAggregation(nn.Module):
             z = y[s:s + chunk]
             g = None if guidance is None else guidance[torch.arange(s, s + z.shape[0], device=z.device)
                                                        // (hp * wp)]
-            z = z + self.attention(self.norm1(z), g)
+            if skip:
+                z = z + self.attention(self.norm1(z), g, self.norm1(self.padding_tokens[0, 0]), pad_guidance, pad)
+            else:
+                z = z + self.attention(self.norm1(z), g)
             out[s:s + chunk] = z + self.MLP(self.norm2(z))
-        y = out.view(b, hp, wp, t + pad, c)[:, :, :, :t].permute(0, 3, 4, 1, 2)        # [B, T, C, h, w]
+        kept = t if skip else t + pad
+        y = out.view(b, hp, wp, kept, c)[:, :, :, :t].permute(0, 3, 4, 1, 2)           # [B, T, C, h, w]
         if (hp, wp) != (h, w):
             y = F.interpolate(y.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=True).view(b, t, c, h, w)
         return x + y.transpose(1, 2)

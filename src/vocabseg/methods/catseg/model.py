@@ -72,7 +72,7 @@ class CATSeg(SegModel):
     q / v), ``upsample1`` / ``upsample2`` lift the guidance maps, ``aggregator``
     is the cost aggregation network. ``sliding`` selects the published test
     protocol (views of ``kernel`` every ``stride`` on the image at ``out_res``)
-    or the whole-image pass (the image padded to a multiple of ``kernel``)."""
+    or the whole-image pass (the image padded to a multiple of 32, resized to CLIP's input)."""
 
     template_set = (TEMPLATE,)
     text_average = "normalized"
@@ -109,9 +109,10 @@ class CATSeg(SegModel):
             num_layers=num_layers, heads=heads, size=(grid, grid), window=window, prompts=1, pad_len=pad_len)
         self.test_pooling, self.train_pooling = tuple(test_pooling), tuple(train_pooling)
         self.sliding, self.kernel, self.stride, self.out_res = sliding, kernel, stride, out_res
-        # the test loader's ResizeShortestEdge(640, 2560) (PIL); the whole-image path pads to a multiple of 384
+        # the test loader's ResizeShortestEdge(640, 2560) (PIL); the whole-image path pads to a multiple of
+        # 32 (MODEL.MASK_FORMER.SIZE_DIVISIBILITY, the CATSeg module's; INPUT.SIZE_DIVISIBILITY 384 is training's)
         self.protocol = Protocol(short_side=640, max_side=2560, mode="whole", resize="pil",
-                                 size_divisibility=1 if sliding else kernel)
+                                 size_divisibility=1 if sliding else 32)
         self._memo = None
         self.freeze_clip()
 
