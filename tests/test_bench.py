@@ -41,3 +41,23 @@ def test_bench_command_errors_and_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["models"] == [] and result["peak"] > 0 and result["peak_1_thread"] > 0
     assert "Matrix-multiply peak measured in this run" in capsys.readouterr().out
+
+
+def test_precision_columns_are_ratios_to_fp32_of_the_same_run(monkeypatch):
+    from vocabseg.engine import int8, precision
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type="cpu": True)
+    monkeypatch.setattr(int8, "native_int8", lambda: True)
+    r = bench.work_model("maskclip-tiny", threads=1, runs=1, warmup=0, plain=False, precisions=["bf16", "int8"])
+    assert {"fast", "bf16", "int8"} <= r.keys() and all(r[p]["latency"] > 0 for p in ("bf16", "int8"))
+    peaks = bench.work_peak(threads=1, size=256, runs=1)
+    assert peaks["gflops"] > 0 and peaks["gflops_bf16"] > 0 and peaks["gflops_int8"] > 0
+    table = bench_report.tables({"machine": {"cpu": "x", "cpus": 2, "torch": "t", "capability": "AVX512",
+                                             "flags": ["avx512_bf16", "avx512_vnni"]}, "threads": 1, "runs": 1,
+                                 "warmup": 0, "peak": 50.0, "peak_bf16": 200.0, "peak_int8": 300.0,
+                                 "peak_1_thread": 25.0, "models": [r], "text": []})
+    assert "flags: avx512_bf16, avx512_vnni" in table and "R = bf16 / fp32 = 4.00" in table
+    row = [line for line in table.splitlines() if line.startswith("| `maskclip-tiny`")][-1]
+    gflop = r["fast"]["gflop_encode"] + r["fast"]["gflop_classify"]
+    assert row == (f"| `maskclip-tiny` | {r['fast']['latency']:.2f} | {r['bf16']['latency'] / r['fast']['latency']:.2f} "
+                   f"| {r['int8']['latency'] / r['fast']['latency']:.2f} | "
+                   f"{gflop / r['bf16']['latency'] / 200.0:.0%} |")

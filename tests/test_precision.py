@@ -118,3 +118,108 @@ def test_text_cache_keeps_fp32_and_bf16_apart():
     fresh._encode = lambda n: calls.append("again") or orig(n)
     assert torch.equal(fresh(names, precision="bf16"), low) and torch.equal(fresh(names), full)
     assert calls == [False, True]
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["san-tiny", "fcclip-tiny"])
+def test_bf16_runs_a_bf16_twin_and_leaves_the_model_untouched(native, name):
+    from vocabseg.model import Fp32Module
+    torch.manual_seed(0)
+    model = load_model(name)
+    before = _weights(model)
+    seen = []
+    for mod_name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            fp32_part = any(isinstance(p, Fp32Module) for n, p in model.named_modules() if mod_name.startswith(n + ".") or n == mod_name)
+            m.register_forward_hook(lambda m, i, o, f=fp32_part: seen.append((f, m.weight.dtype, o.dtype)))
+    seg = Segmenter(model, precision="bf16")
+    seg.set_image(_image())                                          # the image side only (text runs elsewhere)
+    assert {(f, w, o) for f, w, o in seen if not f} == {(False, torch.bfloat16, torch.bfloat16)}, seen
+    assert all(w == torch.float32 for f, w, o in seen if f)          # FC-CLIP's pixel decoder stays fp32
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert precision._TWIN in model.__dict__ and precision._TWIN not in dict(model.named_modules())
+    twin = precision.bf16_twin(model)
+    assert twin is precision.bf16_twin(model)                         # made once
+    norms = [m for m in twin.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))]
+    assert norms and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+    assert seg.predict(VOCAB).labels.shape == (96, 128)
+
+
+def test_fp32_never_makes_a_twin_and_the_twin_follows_new_weights(native):
+    torch.manual_seed(0)
+    model = load_model("maskclip-tiny")
+    Segmenter(model, precision="fp32")(_image(), VOCAB)
+    assert precision._TWIN not in model.__dict__
+    low = Segmenter(model, precision="bf16")(_image(), VOCAB, return_scores=True)
+    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)                                      # in place: the twin must be remade
+    again = Segmenter(model, precision="bf16")(_image(), VOCAB, return_scores=True)
+    fresh = load_model("maskclip-tiny")
+    fresh.load_state_dict(state)
+    ref = Segmenter(fresh, precision="bf16")(_image(), VOCAB, return_scores=True)
+    assert not torch.equal(again.scores, low.scores) and torch.equal(again.scores, ref.scores)
+
+
+@pytest.mark.parametrize("n,masked", [(200, False), (300, True)])
+def test_bf16_attention_is_sdpa_in_bf16(n, masked):
+    from vocabseg import speed
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g).bfloat16() for _ in range(3))
+    mask = (torch.randn(2, 3, n, n, generator=g) * 3).bfloat16() if masked else None
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                           attn_mask=None if mask is None else mask.float())
+    with torch.no_grad():
+        out = speed.attention(q, k, v, mask)
+        with speed.plain_paths():
+            plain = speed.attention(q, k, v, mask)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # torch's own bf16 kernel
+    err, fused_err = (out.float() - ref).abs().max().item(), (fused.float() - ref).abs().max().item()
+    assert err < max(0.02, 2 * fused_err), (err, fused_err)          # bf16 rounding of scores and probabilities
+    assert torch.equal(plain, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.equal(speed.attention(q.float(), k.float(), v.float()),
+                       torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float()))
+
+
+@pytest.fixture
+def all_native(native, monkeypatch):
+    from vocabseg.engine import int8
+    monkeypatch.setattr(int8, "native_int8", lambda: True)
+
+
+def test_the_measured_table_gates_each_preset_and_precision(all_native):
+    assert precision.MEASURED                                        # filled by benchmarks/precision.py
+    for preset, row in precision.MEASURED.items():
+        for p, agree in row.items():
+            assert p in precision.CHOICES and 0.0 <= agree <= 1.0
+            if agree >= precision.MIN_AGREEMENT:
+                assert precision.resolve(p, "cpu", preset) == p
+            else:
+                with pytest.raises(UserError) as e:
+                    precision.resolve(p, "cpu", preset)
+                assert f"{100 * agree:.1f} % of pixels" in str(e.value) and preset in str(e.value)
+        assert precision.resolve("auto", "cpu", preset) == \
+            ("bf16" if row.get("bf16", 1.0) >= precision.MIN_AGREEMENT else "fp32")
+    assert precision.resolve("int8", "cpu", "not-measured") == "int8"   # unmeasured presets are not gated
+
+
+def test_a_precision_measured_under_99_percent_is_refused_in_one_line(all_native, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(precision.MEASURED, "maskclip-tiny", {"bf16": 0.9512, "int8": 0.995})
+    model = load_model("maskclip-tiny")
+    line = ("precision bf16 is not offered for maskclip-tiny: its argmax agreed with fp32 on only 95.1 % of pixels "
+            "(measured with random weights; 99 % needed); use fp32")
+    with pytest.raises(UserError) as e:
+        Segmenter(model, precision="bf16")
+    assert str(e.value) == line
+    assert Segmenter(model, precision="auto").precision == "fp32"
+    assert Segmenter(model, precision="int8").precision == "int8"
+    Image.fromarray(_image().permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
+    assert main(["segment", str(tmp_path / "a.png"), "--model", "maskclip-tiny", "--labels", "a; b",
+                 "--precision", "bf16", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"vocabseg segment: error: {line}\n"
+    assert not (tmp_path / "out").exists()

@@ -61,17 +61,19 @@ def load(name_or_path: str | os.PathLike | None = None, weights: str | os.PathLi
          max_pixels: int | None = DEFAULT_MAX_PIXELS, runtime: str | None = None,
          refine: str | None = None) -> "Segmenter":
     """``Segmenter`` around ``load_model(...)``."""
-    precision = check_precision(precision, device)
+    check_precision(precision, device)            # before loading; the preset's own gate in Segmenter
     check_max_pixels(max_pixels)
     model = load_model(name_or_path, weights=weights, clip_weights=clip_weights, device=device, runtime=runtime)
     return Segmenter(model, templates=templates, name=model.config.get("preset", str(name_or_path)),
                      precision=precision, max_pixels=max_pixels, refine=refine)
 
 
-def check_precision(precision: str, device) -> str:
+def check_precision(precision: str, device, preset: str | None = None) -> str:
     """The precision run for ``precision`` on ``device`` (``auto``: bf16 where native, else
-    fp32); bf16 on a CPU without native bf16, or fp16 on a CPU, is a one-line ``UserError``."""
-    return precisions.resolve(precision, device)
+    fp32); bf16 on a CPU without native bf16, int8 on one without VNNI / AMX, fp16 on a CPU,
+    or a precision measured under 99 % argmax agreement for ``preset``
+    (``engine.precision.MEASURED``) is a one-line ``UserError``."""
+    return precisions.resolve(precision, device, preset)
 
 
 class Segmenter:
@@ -81,7 +83,9 @@ class Segmenter:
     list of strings with ``{}``; default: the model's published set.
     ``precision``: ``fp32`` (default); ``bf16`` on a GPU or a CPU with native bf16
     (``avx512_bf16`` / ``amx_bf16``), ``fp16`` on a GPU, ``auto`` (bf16 where native, else
-    fp32). Only the image side runs in low precision; the head runs in fp32.
+    fp32); ``int8`` (int8 linear weights) on a CPU with VNNI / AMX. A precision measured under
+    99 % argmax agreement with fp32 for the preset is refused. Only the image side runs in
+    low precision; the head runs in fp32.
     ``max_pixels``: larger images are refused (``ImageError``, read from the file header
     before decoding); default 40 MP, ``None`` for no limit.
     ``refine``: post-processing of semantic scores, ``pamr`` or ``pamr:ITERS:D1,D2,...``
@@ -92,9 +96,9 @@ class Segmenter:
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, refine: str | None = None):
         self.model = speed.use_fast_linears(model.eval())
         self.refine = refine if parse_refine(refine) else None
-        self.precision = check_precision(precision, self.device)     # auto resolved
-        self.max_pixels = check_max_pixels(max_pixels)
         self.name = name or model.config.get("preset", type(model).__name__)
+        self.precision = check_precision(precision, self.device, model.config.get("preset"))   # auto resolved
+        self.max_pixels = check_max_pixels(max_pixels)
         self.templates = templates
         self._image: torch.Tensor | None = None
         self._key: str | None = None

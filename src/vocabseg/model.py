@@ -45,6 +45,12 @@ NO_DECAY_NAMES = ("pos_embed", "positional_embedding", "query_embed", "query_fea
                   "cls_token", "level_embed", "token_embedding")
 
 
+class Fp32Module(nn.Module):
+    """A part of a model that runs in fp32 whatever the precision asked (its forward turns
+    autocast off and casts its inputs to fp32): the bf16 image side keeps its parameters
+    and buffers in fp32 instead of giving it a bf16 copy."""
+
+
 class SegModel(nn.Module):
     """Base class. Subclasses set ``protocol``, ``template_set``, ``text_average``
     (and ``tasks`` beyond semantic) and implement ``text_parts``, ``text_identity``,

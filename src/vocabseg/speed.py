@@ -59,15 +59,67 @@ def plain_paths():
         _FAST.reset(token)
 
 
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+_INT8 = contextvars.ContextVar("vocabseg_int8_linears", default=None)
+
+
+@contextlib.contextmanager
+def int8_linears(packs: dict):
+    """Inside this block (this thread / context), ``linear`` runs a weight found in ``packs``
+    ({id(weight): (weight, bias, packed int8 weights)}, ``engine.int8.packs``) as a dynamically
+    quantised int8 matmul: int8 weights per output channel, the activation quantised per call
+    (``torch.ops.quantized.linear_dynamic``), fp32 in and out. Opt-in precision, not a fast path."""
+    token = _INT8.set(packs)
+    try:
+        yield
+    finally:
+        _INT8.reset(token)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; without autograd on CPU float32 (and outside
-    ``plain_paths()`` and CPU autocast, which casts ``F.linear``'s inputs) through
-    oneDNN's matmul, the same products summed in another order."""
+    """``F.linear(x, weight, bias)``; without autograd on CPU float32 or bfloat16 (input
+    and weight of the same dtype; outside ``plain_paths()`` and CPU autocast, which casts
+    ``F.linear``'s inputs) through oneDNN's matmul, the same products summed in another
+    order (bf16: fp32 accumulation, one rounding of the output, as ``F.linear``; also
+    under bf16 autocast when everything is bf16 already, where autocast casts nothing)."""
+    packs = _INT8.get()
+    if packs is not None and not torch.is_grad_enabled() and x.dtype == torch.float32 and x.numel():
+        entry = packs.get(id(weight))
+        if entry is not None and entry[0] is weight and entry[1] is bias:
+            return torch.ops.quantized.linear_dynamic(x, entry[2], False)
     if (_ONEDNN is not None and _FAST.get() and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel()
-            and not torch.is_autocast_enabled("cpu")):
+            and x.dtype in _ONEDNN_DTYPES and weight.dtype == x.dtype and x.numel()
+            and (bias is None or bias.dtype == x.dtype)
+            and (not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") == x.dtype != torch.float32)):
         return _ONEDNN(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+ATTENTION_ROWS = 128     # query rows per bf16 attention chunk (keeps the score block in cache)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask)`` ([B, heads, N, d], additive float
+    mask or None). Without autograd on CPU bfloat16 (outside ``plain_paths()``) it runs as
+    bf16 matrix products over blocks of ``ATTENTION_ROWS`` query rows: scores q . k^T / sqrt(d)
+    rounded to bf16 (+ the mask in fp32), a softmax that accumulates in fp32, then . v; CPU's fused
+    kernel converts bf16 blocks to fp32 and runs 2-4x slower than this on the token counts
+    here (577-1601). Same formula, bf16 rounding of the scores and probabilities."""
+    if (not (_FAST.get() and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled()
+             and k.dtype == v.dtype == q.dtype and (attn_mask is None or attn_mask.is_floating_point()))):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    kt = k.transpose(-2, -1) * (q.shape[-1] ** -0.5)
+    out = q.new_empty(*torch.broadcast_shapes(q.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1])
+    n = q.shape[-2]
+    for i in range(0, n, ATTENTION_ROWS):
+        scores = torch.matmul(q[..., i:i + ATTENTION_ROWS, :], kt)
+        if attn_mask is not None:
+            rows = attn_mask if attn_mask.shape[-2] == 1 else attn_mask[..., i:i + ATTENTION_ROWS, :]
+            scores = torch.softmax(scores.float() + rows, -1).to(v.dtype)   # the sum not rounded to bf16
+        else:
+            scores = scores.softmax(-1)
+        out[..., i:i + ATTENTION_ROWS, :] = torch.matmul(scores, v)
+    return out
 
 
 class FastLinear(nn.Linear):

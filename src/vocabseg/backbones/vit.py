@@ -83,7 +83,7 @@ def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | N
     """One open_clip block on [B, N, C] with an optional additive float mask
     broadcastable to [B, heads, N, N]; equals the block's own forward."""
     q, k, v = block_qkv(block, x)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    out = speed.attention(q, k, v, attn_mask=attn_mask)
     x = x + block.ls_1(merge_heads(block, out))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
@@ -155,7 +155,7 @@ def fast_sos(blocks, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         else:                        # plain CLIP block on CLS + patches, keeping k and v
             qx, kx, vx = block_qkv(block, x)
             kp, vp = kx[:, :, 1:], vx[:, :, 1:]
-            out = F.scaled_dot_product_attention(qx, kx, vx)
+            out = speed.attention(qx, kx, vx)
         src = x[:, :1] if sos is None else sos                                           # [B, 1 or Q, C]
         qs, ks, vs = block_qkv(block, src)                                               # [B, h, 1 or Q, d]
         logits = torch.cat([(qs * ks).sum(-1, keepdim=True), qs @ kp.transpose(-1, -2)], dim=-1) * d ** -0.5

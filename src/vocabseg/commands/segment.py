@@ -33,9 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files in --out that vocabseg did not write "
                                                             "for the same image (default: refuse)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "auto"],
                    help="image side in bf16 on a GPU or a CPU with native bf16 (avx512_bf16 / amx_bf16), fp16 on a "
-                        "GPU; auto: bf16 where native, else fp32 (default fp32; the head always runs fp32)")
+                        "GPU; int8: int8 linear weights on a CPU with VNNI / AMX; auto: bf16 where native, else fp32 "
+                        "(default fp32; the head always runs fp32)")
     p.add_argument("--save-scores", action="store_true", help="also save the [C, H, W] score map as .npy")
     p.add_argument("--show-groups", action="store_true", help="SegCLIP: also save the region assignment as an image")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
@@ -126,7 +127,7 @@ def run(args) -> int:
 
     vocab = resolve_vocabulary(args)
     check_device(args.device)
-    check_precision(args.precision, args.device)
+    check_precision(args.precision, args.device, args.model)     # the preset's measured gate too, before any output
     check_options(args)
     limit = DEFAULT_MAX_PIXELS if args.max_pixels is None else parse_max_pixels(args.max_pixels)
     out = check_out_folder(args.out)

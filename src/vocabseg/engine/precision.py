@@ -2,27 +2,44 @@
 (``train.precision``): a name -> autocast dtype table, the context it selects, and
 the run-time check of what the hardware runs natively.
 
-At inference only the vocabulary-independent image side (``encode_image``) runs under
-autocast (``image_side``); its outputs are cast back to fp32, so the head
+At inference only the vocabulary-independent image side (``encode_image``) runs in
+low precision (``image_side``); its outputs are cast back to fp32, so the head
 (``classify`` / ``classify_at`` / ``image_stats`` / ``finalize``: the final
 classification, the mask -> semantic sums, softmaxes) runs in fp32 on fp32 inputs.
-Inside the image side, CPU autocast runs matmuls / convolutions / attention in bf16;
-its CPU kernels for layer / group norm and softmax accumulate in fp32 and round only
-their outputs to bf16.
+
+bf16 on CPU runs a bf16 twin of the model (``bf16_twin``): a copy made once, when
+first needed, whose linear / convolution / attention weights and float buffers are
+bf16 and whose norm parameters are the model's own fp32 tensors (shared, not
+copied), as are those of any ``model.Fp32Module`` part (run in fp32 with autocast
+off). It runs under bf16 autocast, which has nothing to cast where inputs and
+weights are both bf16 (activations stay bf16 from the input to the output, no
+weight is re-cast at every call) and casts where an fp32 result meets bf16 weights
+(after an ``Fp32Module``); the CPU kernels for layer / group norm and
+softmax (also inside attention) accumulate in fp32 and round only their outputs.
+The twin is kept outside the module tree (no state-dict keys, not moved by
+``.to()``) and rebuilt when any parameter or buffer of the model changes (a new
+tensor, an in-place update such as ``load_state_dict``, a device move).
+Elsewhere (CUDA, fp16) the image side runs under autocast. int8 (CPU with VNNI / AMX)
+runs the fp32 model with int8 linear weights (``engine.int8``).
 """
 from __future__ import annotations
 
 import contextvars
+import copy
 import functools
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.nn as nn
 
+from .. import speed
 from ..errors import UserError
+from ..model import Fp32Module
+from . import int8
 from .inference.image import map_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHOICES = ("fp32", "bf16", "fp16", "auto")     # what ``--precision`` accepts
+CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")     # what ``--precision`` accepts
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -58,15 +75,54 @@ def native_bf16(device_type: str = "cpu") -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve(precision: str, device) -> str:
-    """The precision to run (``fp32`` / ``fp16`` / ``bf16``) for a requested one on
-    ``device``: ``auto`` is bf16 where it is native, else fp32. A precision the
-    device does not run natively is a one-line ``UserError`` saying what to use."""
+MIN_AGREEMENT = 0.99      # share of pixels whose argmax must equal fp32's for a precision to be offered
+# Measured by ``python benchmarks/precision.py --threads 1 --runs 1 --no-text`` (random weights at the
+# published sizes, one 512x683 random-texture image, the preset's benchmark vocabulary): the share of
+# pixels whose argmax equals fp32's. A precision under MIN_AGREEMENT is refused for that preset;
+# presets not listed (tiny test presets, exported folders) are not gated.
+# 2026-12-03, AMD EPYC (avx512_bf16, avx512_vnni), torch 2.14.1, 1 thread.
+MEASURED = {
+    "maskclip-vit-b16": {"bf16": 0.9913, "int8": 0.9854},
+    "sclip-vit-b16": {"bf16": 0.9916, "int8": 0.9909},
+    "clearclip-vit-b16": {"bf16": 0.9946, "int8": 0.9892},
+    "naclip-vit-b16": {"bf16": 0.9985, "int8": 0.9981},
+    "segclip-vit-b16": {"bf16": 0.8914, "int8": 0.9237},
+    "san-vit-b16": {"bf16": 1.0, "int8": 1.0},
+}
+
+
+def check_measured(precision: str, preset: str | None) -> None:
+    """A one-line ``UserError`` when ``precision`` measured under ``MIN_AGREEMENT`` on ``preset``."""
+    agree = MEASURED.get(preset or "", {}).get(precision)
+    if agree is not None and agree < MIN_AGREEMENT:
+        raise UserError(f"precision {precision} is not offered for {preset}: its argmax agreed with fp32 on only "
+                        f"{100 * agree:.1f} % of pixels (measured with random weights; {100 * MIN_AGREEMENT:.0f} % "
+                        "needed); use fp32")
+
+
+def resolve(precision: str, device, preset: str | None = None) -> str:
+    """The precision to run (``fp32`` / ``fp16`` / ``bf16`` / ``int8``) for a requested one on
+    ``device`` for ``preset``: ``auto`` is bf16 where it is native and measured exact enough
+    for ``preset`` (``MEASURED``), else fp32. A precision the device does not run natively,
+    or that agreed with fp32 on under 99 % of pixels for ``preset``, is a one-line
+    ``UserError`` saying what to use."""
     if precision not in CHOICES:
         raise UserError(f"unknown precision {precision!r}; use one of {', '.join(CHOICES)}")
     kind = torch.device(device).type
     if precision == "auto":
-        return "bf16" if native_bf16(kind) else "fp32"
+        ok = MEASURED.get(preset or "", {}).get("bf16", 1.0) >= MIN_AGREEMENT
+        return "bf16" if native_bf16(kind) and ok else "fp32"
+    out = _native(precision, kind)
+    check_measured(out, preset)
+    return out
+
+
+def _native(precision: str, kind: str) -> str:
+    if precision == "int8":
+        if kind != "cpu" or not int8.native_int8():
+            raise UserError(f"precision int8 needs a CPU with int8 dot products ({' or '.join(int8.INT8_FLAGS)}), "
+                            f"which this {kind} lacks: there it is slower than fp32; use fp32 or auto")
+        return precision
     if precision == "fp32" or kind == "cuda":
         return precision
     if precision == "fp16":
@@ -77,6 +133,7 @@ def resolve(precision: str, device) -> str:
     return precision
 
 
+INT8 = "int8"          # the image side's mode for int8 (no autocast dtype)
 _IMAGE_DTYPE: contextvars.ContextVar = contextvars.ContextVar("vocabseg_image_dtype", default=None)
 
 
@@ -91,12 +148,12 @@ def image_side(model, precision: str):
     autocast and returns fp32 features; everything else runs as called (fp32). The
     model's class is switched once to a subclass whose ``encode_image`` does this (as
     ``speed.use_fast_linears`` does for linears); outside the context it is the plain one."""
-    if PRECISIONS[precision] is None:
+    if precision == "fp32":
         yield
         return
     if not getattr(type(model), "_image_side", False):
         model.__class__ = _image_side_class(type(model))
-    token = _IMAGE_DTYPE.set(PRECISIONS[precision])
+    token = _IMAGE_DTYPE.set(INT8 if precision == "int8" else PRECISIONS[precision])
     try:
         yield
     finally:
@@ -109,8 +166,50 @@ def _image_side_class(cls: type) -> type:
         dtype = _IMAGE_DTYPE.get()
         if dtype is None:
             return cls.encode_image(self, images, *args, **kw)
+        if dtype is INT8:                                          # fp32 model, int8 linear weights
+            with speed.int8_linears(int8.packs(self)):
+                return cls.encode_image(self, images, *args, **kw)
+        if dtype == torch.bfloat16 and images.device.type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):      # casts only where fp32 meets bf16
+                out = cls.encode_image(bf16_twin(self), images.to(torch.bfloat16), *args, **kw)
+            return to_fp32(out)
         with torch.autocast(images.device.type, dtype=dtype):
             out = cls.encode_image(self, images, *args, **kw)
         return to_fp32(out)
     return type(cls.__name__, (cls,), {"encode_image": encode_image, "_image_side": True,
                                        "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+KEEP_FP32 = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)   # parameters shared with the twin
+_TWIN = "_vocabseg_bf16_twin"
+
+
+def _stamp(model: nn.Module) -> tuple:
+    """What the twin was made from: every parameter and buffer's identity, version
+    counter (bumped by in-place writes), device."""
+    return tuple((id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers()))
+
+
+def bf16_twin(model: nn.Module) -> nn.Module:
+    """The bf16 twin of ``model`` (see the module docstring), made on first use and kept
+    on the model outside its module tree; remade when ``_stamp(model)`` changes. The
+    model itself (its parameters, state dict, fp32 results) is not touched."""
+    stamp = _stamp(model)
+    kept = model.__dict__.get(_TWIN)
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    model.__dict__.pop(_TWIN, None)
+    shared = {id(p) for m in model.modules() if isinstance(m, KEEP_FP32) for p in m.parameters(recurse=False)}
+    shared |= {id(t) for m in model.modules() if isinstance(m, Fp32Module) for t in (*m.parameters(), *m.buffers())}
+    memo = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) in shared or not t.is_floating_point():
+            memo[id(t)] = t
+        elif isinstance(t, nn.Parameter):
+            memo[id(t)] = nn.Parameter(t.detach().to(torch.bfloat16), requires_grad=False)
+        else:
+            memo[id(t)] = t.to(torch.bfloat16)
+    twin = copy.deepcopy(model, memo)
+    twin.eval()
+    model.__dict__[_TWIN] = (stamp, twin)
+    return twin

@@ -3,7 +3,9 @@
 Measured with random weights (speed does not depend on their values), fp32, on
 the threads given (default 2):
 
-* ``peak``: the fp32 matrix-multiply rate of this machine (2048^2 ``torch.mm``).
+* ``peak``: the fp32 matrix-multiply rate of this machine (2048^2 ``torch.mm``), and
+  in the same process the bf16 rate (on a CPU with native bf16) and the dynamic-int8
+  rate ``--precision int8`` runs (on a CPU with VNNI / AMX).
 * ``model``: per zoo preset at its published test resolution (a square image of
   the protocol's short side: SAN 640, FC-CLIP 800, SegCLIP one 224 window, ...),
   the whole test-time pipeline ``engine.inference.infer`` (resize, normalise,
@@ -18,7 +20,10 @@ the threads given (default 2):
   achieved GFLOP/s = FLOPs / latency; peak memory = the worker process's
   ``ru_maxrss`` (the most resident memory it held: interpreter, weights,
   activations). ``plain`` also times the straightforward path
-  (``speed.plain_paths()``).
+  (``speed.plain_paths()``); ``precisions`` (bf16, int8: where this CPU runs them
+  natively; onnx: the image side exported and run by ONNX Runtime) time the same
+  pipeline at those precisions in the same process, so their ratios to fp32 hold
+  even on a loaded machine.
 * ``text``: a model's text tower encoding a benchmark vocabulary with its
   templates into an empty cache (uncached), then a fresh encoder reading that
   cache (cached, median of 5); the text identity hash a model computes once
@@ -125,14 +130,40 @@ def bench_vocabulary(name: str):
 
 # --- workers (run in their own process) -------------------------------------------
 def work_peak(threads: int, size: int = 2048, runs: int = 5) -> dict:
+    """fp32, bf16 and (on a CPU with VNNI / AMX) dynamic-int8 matmul GFLOP/s, in one process."""
+    from .. import int8, precision
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    times = _run_times(lambda: torch.mm(a, b), runs, 2)
-    return {"threads": threads, "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
+    rate = lambda fn: 2 * size ** 3 / statistics.median(_run_times(fn, runs, 2)) / 1e9   # noqa: E731
+    out = {"threads": threads, "gflops": rate(lambda: torch.mm(a, b))}
+    if precision.native_bf16("cpu"):
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        out["gflops_bf16"] = rate(lambda: torch.mm(a16, b16))
+    if int8.native_int8():
+        packed = int8._pack(b, None)
+        out["gflops_int8"] = rate(lambda: torch.ops.quantized.linear_dynamic(a, packed, False))
+    return out
+
+
+def _onnx_model(model, image, folder: str):
+    """``model`` with its image side exported to ONNX in ``folder`` and run by ONNX Runtime."""
+    from ...api import load_model
+    from ...export import export
+    from .. import inference
+    windows = sorted(set(inference.encode(model, image).padded))
+    export(model, folder, sizes=windows)
+    return load_model(folder)
+
+
+def _precisions(wanted) -> list[str]:
+    """The low precisions of ``wanted`` this CPU runs natively (bf16 / int8) or that it can run (onnx)."""
+    from .. import int8, precision
+    ok = {"bf16": precision.native_bf16("cpu"), "int8": int8.native_int8(), "onnx": True}
+    return [p for p in wanted if ok.get(p)]
 
 
 @torch.no_grad()
-def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool) -> dict:
+def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool, precisions=()) -> dict:
     from ... import speed
     from ...backbones.clip import text_dim
     from ...registry import get_spec
@@ -147,27 +178,40 @@ def work_model(name: str, threads: int, runs: int, warmup: int, plain: bool) -> 
     out = {"model": name, "size": [p.short_side, p.short_side], "vocabulary": f"{len(vocab)} classes, "
            f"{len(vocab.prompts)} synonyms", "threads": threads,
            "params_m": sum(t.numel() for t in model.parameters()) / 1e6}
+    from .. import precision
+
+    def timed(m):
+        enc, cls = [], []
+
+        def once():
+            t = time.perf_counter()
+            feats = inference.encode(m, image)
+            t1 = time.perf_counter()
+            inference.scores(m, feats, text, vocab)
+            enc.append(t1 - t)
+            cls.append(time.perf_counter() - t1)
+        _run_times(once, runs, warmup)
+        enc, cls = enc[warmup:], cls[warmup:]
+        total = [a + b for a, b in zip(enc, cls)]
+        return {"latency": statistics.median(total), "encode": statistics.median(enc),
+                "classify": statistics.median(cls), "runs": [round(t, 3) for t in total]}
+
+    speed.use_fast_linears(model)
     for label, ctx in (("fast", contextlib.nullcontext), ("plain", speed.plain_paths)):
         if label == "plain" and not plain:
             continue
         with ctx():
-            enc, cls = [], []
-
-            def once():
-                t = time.perf_counter()
-                feats = inference.encode(model, image)
-                t1 = time.perf_counter()
-                inference.scores(model, feats, text, vocab)
-                enc.append(t1 - t)
-                cls.append(time.perf_counter() - t1)
-            _run_times(once, runs, warmup)
-            enc, cls = enc[warmup:], cls[warmup:]
-            total = [a + b for a, b in zip(enc, cls)]
-            out[label] = {"latency": statistics.median(total), "encode": statistics.median(enc),
-                          "classify": statistics.median(cls), "runs": [round(t, 3) for t in total]}
+            out[label] = timed(model)
             feats = inference.encode(model, image)
             out[label]["gflop_encode"] = count_flops(lambda: inference.encode(model, image)) / 1e9
             out[label]["gflop_classify"] = count_flops(lambda: inference.scores(model, feats, text, vocab)) / 1e9
+    for p in _precisions(precisions):        # the same fast paths at another precision, in this process
+        if p == "onnx":
+            with tempfile.TemporaryDirectory() as folder:
+                out[p] = timed(_onnx_model(model, image, folder))
+        else:
+            with precision.image_side(model, p):
+                out[p] = timed(model)
     out["peak_rss_mb"] = _peak_mb()
     return out
 

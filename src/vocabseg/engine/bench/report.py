@@ -18,12 +18,15 @@ def machine() -> dict:
     except OSError:
         pass
     import torch
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+    from .. import int8, precision
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "capability": torch.backends.cpu.get_cpu_capability(), "flags": [*precision.cpu_flags(), *int8.cpu_flags()]}
 
 
 def run(models: list[str], runs: int = 5, warmup: int = 1, threads: int = 2, plain: bool = False,
         text_models: list[str] = (), batch: bool = False, batch_model: str = "san-vit-b16", batch_images: int = 8,
-        wait: bool = False, log=print) -> dict:
+        wait: bool = False, precisions=(), log=print) -> dict:
     """All measurements; ``wait`` waits for an idle machine before each one."""
     def before():
         if wait:
@@ -31,15 +34,18 @@ def run(models: list[str], runs: int = 5, warmup: int = 1, threads: int = 2, pla
     out = {"machine": machine(), "threads": threads, "runs": runs, "warmup": warmup}
     before()
     out["busy_at_start"] = bench.cpu_busy()
-    out["peak"] = bench.run_worker("peak", threads=threads)["gflops"]
+    peaks = bench.run_worker("peak", threads=threads)
+    out["peak"] = peaks["gflops"]
+    out["peak_bf16"], out["peak_int8"] = peaks.get("gflops_bf16"), peaks.get("gflops_int8")
     out["peak_1_thread"] = bench.run_worker("peak", threads=1)["gflops"]
+    out["load"] = os.getloadavg()[:3] if hasattr(os, "getloadavg") else None
     log(f"fp32 matmul peak: {out['peak']:.1f} GFLOP/s on {threads} threads, {out['peak_1_thread']:.1f} on 1")
     out["models"] = []
     for name in models:
         before()
         log(f"model {name}")
         out["models"].append(bench.run_worker("model", name=name, threads=threads, runs=runs, warmup=warmup,
-                                              plain=plain))
+                                              plain=plain, precisions=list(precisions)))
     out["text"] = []
     for name in text_models:
         for vocab in get_spec(name).text_vocabularies:
@@ -64,6 +70,17 @@ def tables(r: dict) -> str:
              f"{r['threads']} threads, fp32. Matrix-multiply peak measured in this run: {peak:.1f} GFLOP/s "
              f"({r['peak_1_thread']:.1f} on 1 thread); the issue's host: {bench.ISSUE_PEAK:.0f}, "
              f"ratio {scale:.2f}. Latency: median of {r['runs']} runs after {r['warmup']} warm-up.", ""]
+    m0 = r["machine"]
+    if "capability" in m0:
+        lines[0] += f" CPU capability {m0['capability']}, flags: {', '.join(m0['flags']) or 'none'}."
+    if r.get("load"):
+        lines[0] += " Load average at the start: " + " ".join(f"{v:.1f}" for v in r["load"]) + "."
+    lows = [p for p in ("bf16", "int8", "onnx") if any(p in m for m in r["models"])]
+    if lows:
+        pk = [f"fp32 {peak:.0f}"] + [f"{p} {r[f'peak_{p}']:.0f}" for p in ("bf16", "int8") if r.get(f"peak_{p}")]
+        lines += [f"Matmul peaks in this run (GFLOP/s): {', '.join(pk)}"
+                  + (f"; R = bf16 / fp32 = {r['peak_bf16'] / peak:.2f}, bf16 target = 1.25 / R = "
+                     f"{1.25 * peak / r['peak_bf16']:.2f} of fp32" if r.get("peak_bf16") else "") + ".", ""]
     if r["models"]:
         plain = any("plain" in m for m in r["models"])
         lines += ["| model | input | latency (s) | encode + classify (s) | GFLOP | GFLOP/s | of peak | peak RSS (GB) |"
@@ -80,6 +97,19 @@ def tables(r: dict) -> str:
             if plain:
                 row += f" {_f(m.get('plain', {}).get('latency'))} |"
             row += (f" {_f(pub)} → {_f(target)} | {_f(target * scale if target else None)} |")
+            lines.append(row)
+        lines.append("")
+    if lows:
+        head = " | ".join(f"{p} / fp32" for p in lows)
+        lines += [f"| model | fp32 latency (s) | {head} |" + (" of bf16 peak |" if "bf16" in lows else ""),
+                  "|---|---|" + "---|" * len(lows) + ("---|" if "bf16" in lows else "")]
+        for m in r["models"]:
+            f = m["fast"]
+            row = f"| `{m['model']}` | {f['latency']:.2f} | " + " | ".join(
+                _f(m[p]["latency"] / f["latency"]) if p in m else "—" for p in lows) + " |"
+            if "bf16" in lows:
+                rate = (f["gflop_encode"] + f["gflop_classify"]) / m["bf16"]["latency"] if "bf16" in m else None
+                row += f" {rate / r['peak_bf16']:.0%} |" if rate and r.get("peak_bf16") else " — |"
             lines.append(row)
         lines.append("")
     if r.get("text"):

@@ -16,12 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...model import Fp32Module
 from .conv import ConvNorm
 from .deform_encoder import DeformEncoder
 from .position import PositionEmbeddingSine
 
 
-class PixelDecoder(nn.Module):
+class PixelDecoder(Fp32Module):
     def __init__(self, in_channels: tuple[int, int, int, int], dim: int = 256, mask_dim: int = 256,
                  enc_layers: int = 6, heads: int = 8, points: int = 4, ffn: int = 1024, groups: int = 32):
         super().__init__()
