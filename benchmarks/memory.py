@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py [--models san-tiny maskclip-tiny san-vit-b16] [--megapixels 4]
                                 [--vocab ade150] [--before /path/to/old/src] [--task semantic]
+    python benchmarks/memory.py --models catseg-vit-b16 --vocab ade847:catseg   # CAT-Seg, 847 classes
 
 Each configuration runs `vocabseg segment` on a synthetic image in a fresh Python
 process and reports that process's peak resident memory (VmHWM). Models are built
