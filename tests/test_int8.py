@@ -58,7 +58,7 @@ def test_int8_linear_is_the_dequantised_weight_on_a_quantised_activation():
 
 def test_int8_is_opt_in_and_leaves_the_model_and_fp32_untouched(native):
     torch.manual_seed(0)
-    model = load_model("san-tiny")
+    model = load_model("maskclip-tiny")
     ref = Segmenter(model, precision="fp32")(_image(), VOCAB, return_scores=True)
     assert int8._PACKS not in model.__dict__
     before = {k: v.clone() for k, v in model.state_dict().items()}
