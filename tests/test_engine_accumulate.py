@@ -225,3 +225,49 @@ def test_criterion_totals_reproduce_its_own_normalisers():
     torch.manual_seed(1)
     half = crit(outputs, targets, {**totals, "share": 0.5})
     assert all(torch.allclose(plain[n], half[n] / 2, rtol=1e-6) for n in plain)
+
+
+MASK_SCRIPT = """
+import sys, torch, torch.nn as nn
+sys.path.insert(0, sys.argv[2])
+import test_engine_accumulate as T
+from vocabseg.engine import distributed as D
+from vocabseg.engine.training.train import TrainStep, accumulate_gradients
+from vocabseg.registry import get_spec
+from vocabseg.vocab import Vocabulary
+D.init("cpu")
+torch.manual_seed(0)
+model = get_spec("san-tiny").build().train()
+torch.rand = T._same_points
+items, vocab, r = T._mask_items(), Vocabulary.parse("ground; red; green; blue"), D.rank()
+step = nn.parallel.DistributedDataParallel(TrainStep(model), find_unused_parameters=True)
+accumulate_gradients(step, items[2 * r:2 * r + 2], vocab, 2, torch.amp.GradScaler("cpu", enabled=False), "cpu",
+                     "fp32", 1)
+if r == 0:
+    torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, sys.argv[1])
+D.cleanup()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_accumulation_of_mask_losses_under_ddp_equals_the_large_batch(tmp_path, monkeypatch):
+    """2 processes x 2 micro-batches of one image: the target masks counted over both processes."""
+    from vocabseg.engine.training.train import TrainStep, accumulate_gradients
+    from vocabseg.registry import get_spec
+    script = tmp_path / "run.py"
+    script.write_text(MASK_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "grads.pt"), str(ROOT / "tests")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "grads.pt", weights_only=True)
+    torch.manual_seed(0)
+    model = get_spec("san-tiny").build().train()
+    monkeypatch.setattr(torch, "rand", _same_points)
+    accumulate_gradients(TrainStep(model), _mask_items(), Vocabulary.parse("ground; red; green; blue"), 1,
+                         torch.amp.GradScaler("cpu", enabled=False), "cpu", "fp32", 1)
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(got) == set(want) and len(want) > 10
+    assert max(((got[n] - want[n]).abs().max() / want[n].abs().max()).item() for n in want) < 1e-5
