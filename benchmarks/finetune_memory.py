@@ -6,6 +6,9 @@ figure is the growth of the process's peak resident memory (ru_maxrss) over the 
 i.e. activations + gradients + optimiser state of one AdamW step.
 
     .venv/bin/python benchmarks/finetune_memory.py --preset san-vit-b16 --crop 512 --batch 4
+
+``--same-points`` makes the point sampling identical for every image and mask, so the loss column
+compares the large batch with its micro-batches (equal to float precision).
 """
 from __future__ import annotations
 
@@ -23,6 +26,13 @@ preset, crop, batch, acc, ckpt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 model = get_spec(preset).build().train()
 model.set_activation_checkpointing(ckpt)
+if sys.argv[6] == "1":     # --same-points: every [..., P, 2] point draw repeats one fixed set of P points
+    rand = torch.rand
+    def same(*size, device=None, **kw):
+        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+        pts = rand(size[-2:], generator=torch.Generator().manual_seed(size[-2]))
+        return pts.expand(size).clone().to(device or "cpu")
+    torch.rand = same
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 g = torch.Generator().manual_seed(0)
 items = [{"image": torch.randint(0, 255, (3, crop, crop), dtype=torch.uint8, generator=g),
@@ -48,12 +58,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="global batch of the iteration")
     ap.add_argument("--accumulate", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--checkpointing", type=int, nargs="+", default=[0, 1], help="0 and/or 1")
+    ap.add_argument("--same-points", action="store_true",
+                    help="the matcher's and mask losses' random points identical for every image and mask, so the "
+                         "loss of a batch and of its micro-batches are comparable (they draw from the global RNG in "
+                         "a different order otherwise)")
     args = ap.parse_args()
     rows = []
     for ckpt in args.checkpointing:
         for acc in args.accumulate:
             out = subprocess.run([sys.executable, "-c", CHILD, args.preset, str(args.crop), str(args.batch), str(acc),
-                                  str(ckpt)], capture_output=True, text=True)
+                                  str(ckpt), str(int(args.same_points))], capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-2000:])
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

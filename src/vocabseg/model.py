@@ -168,8 +168,19 @@ class SegModel(nn.Module):
         return type(self).forward_train is not SegModel.forward_train
 
     def forward_train(self, batch: list[dict], vocab: Vocabulary | None) -> dict[str, torch.Tensor]:
-        """Weighted losses of a batch of training items."""
+        """Weighted losses of a batch of training items. A model whose ``loss_totals`` is not
+        empty also takes ``norm=`` (see there)."""
         raise NotImplementedError(f"{type(self).__name__} has no training recipe: it cannot be trained")
+
+    def loss_totals(self, batch: list[dict]) -> dict[str, float]:
+        """Additive normalisers of the losses of training items, read from their targets before
+        any forward pass (Mask2Former's number of target masks): {} (the default) when the losses
+        are means over images. Under ``train.accumulate`` > 1 the engine sums them over the step's
+        micro-batches and processes, divides by the number of processes, and calls
+        ``forward_train(micro_batch, vocab, norm={**totals, "share": micro-batch images / the
+        process's images in the step})``, expecting losses that, weighted by ``share`` and summed
+        over the micro-batches, are those of the whole batch."""
+        return {}
 
     def train_transform(self, cfg: dict | None = None):
         """Callable item -> training item (augmentation) from the training config, or

@@ -14,6 +14,16 @@ size and are zero-padded bottom-right to a common size.
 ``loss_ce``, ``loss_mask``, ``loss_dice`` and ``loss_ce_0``, ... for auxiliary
 output 0, ...; ``weighted(losses)`` multiplies them by the weights (auxiliary
 losses weighted like the main ones).
+
+Normalisers: the mask losses are sums over target masks divided by the number
+of target masks (all-reduced and averaged over processes, as Mask2Former), the
+class loss a no-object-weighted mean over images x queries. Gradient
+accumulation splits a batch into micro-batches whose normalisers are those of
+the whole step: ``totals(counts, num_queries)`` gives them from the targets'
+mask counts alone, and ``forward(outputs, targets, norm)`` with ``norm`` = the
+step's totals (per process) and ``share`` = this micro-batch's share of the
+process's images returns losses that, weighted by ``share`` and summed over
+the micro-batches, equal the losses of the whole batch.
 """
 from __future__ import annotations
 
@@ -78,7 +88,15 @@ class SetCriterion(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
 
     # --- the two loss families ---------------------------------------------
-    def loss_labels(self, outputs: dict, targets: list[dict], indices) -> torch.Tensor:
+    def totals(self, counts: list[int], num_queries: int) -> dict[str, float]:
+        """Additive normalisers of images with ``counts`` target masks each under ``num_queries``
+        queries: ``masks`` (their number) and ``ce_weight`` (the class loss's sum of weights:
+        1 for each matched query, min(queries, masks), ``eos_coef`` for every other query)."""
+        matched = [min(num_queries, int(n)) for n in counts]
+        return {"masks": float(sum(int(n) for n in counts)),
+                "ce_weight": float(sum(m + self.eos_coef * (num_queries - m) for m in matched))}
+
+    def loss_labels(self, outputs: dict, targets: list[dict], indices, ce_weight: float | None = None) -> torch.Tensor:
         logits = outputs["pred_logits"].float()
         b, q, k1 = logits.shape
         target_classes = torch.full((b, q), k1 - 1, dtype=torch.long, device=logits.device)
@@ -88,6 +106,8 @@ class SetCriterion(nn.Module):
             target_classes[bi.to(logits.device), qi.to(logits.device)] = labels
         weight = torch.ones(k1, device=logits.device)
         weight[-1] = self.eos_coef
+        if ce_weight is not None:     # the weighted sum over the normaliser of the whole step
+            return F.cross_entropy(logits.transpose(1, 2), target_classes, weight, reduction="sum") / ce_weight
         return F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
 
     def loss_masks(self, outputs: dict, targets: list[dict], indices, num_masks: float):
@@ -111,23 +131,32 @@ class SetCriterion(nn.Module):
         return sigmoid_ce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
 
     # --- entry points --------------------------------------------------------
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
-        device = outputs["pred_logits"].device
-        num_masks = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        world = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_masks)
-            world = dist.get_world_size()
-        num_masks = torch.clamp(num_masks / world, min=1).item()
-        losses = self._one(outputs, targets, num_masks, "")
+    def forward(self, outputs: dict, targets: list[dict], norm: dict | None = None) -> dict[str, torch.Tensor]:
+        """``norm`` (gradient accumulation): ``masks`` and ``ce_weight`` of the whole step (``totals``
+        summed over its micro-batches and processes, / processes) and ``share`` (this micro-batch's
+        images / the process's images in the step); None: the normalisers of ``targets``."""
+        ce_weight = None
+        if norm is None:
+            device = outputs["pred_logits"].device
+            num_masks = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+            world = 1
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(num_masks)
+                world = dist.get_world_size()
+            num_masks = torch.clamp(num_masks / world, min=1).item()
+        else:
+            num_masks = max(float(norm["masks"]), 1.0) * norm["share"]
+            ce_weight = float(norm["ce_weight"]) * norm["share"]
+        losses = self._one(outputs, targets, num_masks, "", ce_weight)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update(self._one(aux, targets, num_masks, f"_{i}"))
+            losses.update(self._one(aux, targets, num_masks, f"_{i}", ce_weight))
         return losses
 
-    def _one(self, outputs: dict, targets: list[dict], num_masks: float, suffix: str) -> dict:
+    def _one(self, outputs: dict, targets: list[dict], num_masks: float, suffix: str,
+             ce_weight: float | None = None) -> dict:
         indices = self.matcher(outputs, targets)
         mask, dice = self.loss_masks(outputs, targets, indices, num_masks)
-        return {f"loss_ce{suffix}": self.loss_labels(outputs, targets, indices),
+        return {f"loss_ce{suffix}": self.loss_labels(outputs, targets, indices, ce_weight),
                 f"loss_mask{suffix}": mask, f"loss_dice{suffix}": dice}
 
     def weighted(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -127,28 +127,43 @@ def accumulate_gradients(step, items: list, vocab, parts: int, scaler, device_ty
                          iteration: int) -> dict:
     """Forward and backward ``items`` (this process's share of the global batch) in ``parts``
     equal micro-batches; each micro-batch's loss is weighted by its share of the items, so the
-    gradients sum to those of the mean loss over the items (exactly so for losses that are means
-    over images). Under DistributedDataParallel the gradients are all-reduced once, on the last
+    gradients sum to those of the mean loss over the items. Losses normalised by more than the
+    image count (the model's ``loss_totals``, e.g. the number of target masks) get the step's
+    totals (all-reduced over processes) with every micro-batch, so they too sum to the large
+    batch's. Under DistributedDataParallel the gradients are all-reduced once, on the last
     micro-batch (``no_sync`` before). -> the weighted losses, detached."""
     import contextlib
+    ddp = isinstance(step, nn.parallel.DistributedDataParallel)
+    totals = step_totals((step.module if ddp else step).model, items) if parts > 1 else {}
     size = len(items) // parts
     total: dict = {}
     for j in range(parts):
         chunk = items[j * size:(j + 1) * size]
-        ddp = isinstance(step, nn.parallel.DistributedDataParallel)
+        share = len(chunk) / len(items)
+        norm = {**totals, "share": share} if totals else None
         sync = step.no_sync() if ddp and j < parts - 1 else contextlib.nullcontext()
         with sync:
             with autocast(device_type, precision):
-                losses = step(chunk, vocab)
+                losses = step(chunk, vocab) if norm is None else step(chunk, vocab, norm)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss is {loss.item()} at iteration {iteration}: "
                                          + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items()))
-            share = len(chunk) / len(items)
             scaler.scale(loss * share).backward()
         for k, v in losses.items():
             total[k] = total.get(k, 0.0) + v.detach() * share
     return total
+
+
+def step_totals(model, items: list) -> dict:
+    """``model.loss_totals(items)`` summed over processes and divided by their number ({} for
+    losses that are means over images)."""
+    totals = model.loss_totals(items)
+    if totals and D.world_size() > 1:
+        keys = sorted(totals)
+        t = D.all_reduce_sum(torch.tensor([float(totals[k]) for k in keys], dtype=torch.float64))
+        totals = {k: v / D.world_size() for k, v in zip(keys, t.tolist())}
+    return totals
 
 
 class TrainStep(nn.Module):
@@ -158,8 +173,10 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch, vocab):
-        return self.model.forward_train(batch, vocab)
+    def forward(self, batch, vocab, norm=None):
+        if norm is None:
+            return self.model.forward_train(batch, vocab)
+        return self.model.forward_train(batch, vocab, norm=norm)
 
 
 class _Stop:

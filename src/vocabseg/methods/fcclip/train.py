@@ -33,10 +33,16 @@ def item_targets(item: dict, num_classes: int) -> dict:
 
 
 class FCCLIPTraining:
-    def forward_train(self, batch: list[dict], vocab) -> dict[str, torch.Tensor]:
+    def loss_totals(self, batch: list[dict]) -> dict[str, float]:
+        """The criterion's normalisers (``SetCriterion.totals``) of the items' target masks."""
+        counts = [len(item_targets(it, 1 << 30)["labels"]) for it in batch]
+        return self.criterion.totals(counts, self.decoder.num_queries)
+
+    def forward_train(self, batch: list[dict], vocab, norm: dict | None = None) -> dict[str, torch.Tensor]:
         """Weighted losses (class CE, mask BCE, Dice on every prediction set) for a
         batch of items with ``image`` float [3, H, W] in 0..1 and targets (see
-        ``item_targets``); class ids index ``vocab`` (the training vocabulary)."""
+        ``item_targets``); class ids index ``vocab`` (the training vocabulary).
+        ``norm``: the step's normalisers under gradient accumulation (``SegModel.loss_totals``)."""
         device = self.device
         images, _ = self.training_images(batch)
         targets = []
@@ -51,7 +57,8 @@ class FCCLIPTraining:
         cls = self.classifier(text)
         preds = [{"pred_logits": self.in_vocab_logits(e, cls, vocab), "pred_masks": m} for e, m in outputs]
         out = {**preds[-1], "aux_outputs": preds[:-1]}
-        return self.criterion.weighted(self.criterion(out, targets))
+        losses = self.criterion(out, targets) if norm is None else self.criterion(out, targets, norm)
+        return self.criterion.weighted(losses)
 
     def train_transform(self, cfg: dict | None = None):
         """LSJ as published (``data.transform`` or ``data``: ``image_size`` 1024,

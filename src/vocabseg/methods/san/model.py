@@ -168,12 +168,21 @@ class SAN(SegModel):
         return self.classify_at(features, text, vocab)
 
     # --- training --------------------------------------------------------
+    def loss_totals(self, batch: list[dict]) -> dict[str, float]:
+        """The criterion's normalisers (``SetCriterion.totals``): one target mask per class present."""
+        counts = []
+        for item in batch:
+            present = torch.unique(item["sem_seg"])
+            counts.append(int((present != item.get("ignore_index", 255)).sum()))
+        return self.criterion.totals(counts, self.side.query_embed.shape[1])
+
     def forward_train(self, batch: list[dict], vocab: Vocabulary,
-                      text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      text: torch.Tensor | None = None, norm: dict | None = None) -> dict[str, torch.Tensor]:
         """Weighted losses (main + deep supervision) for training items: ``image``
         float [3, H, W] in 0..1 (or uint8), ``sem_seg`` LongTensor[H, W] with ``ignore_index``
         (default 255); one target mask per class present, padded like the image.
-        ``text`` [S, D] overrides the vocabulary's embeddings (default: the text encoder)."""
+        ``text`` [S, D] overrides the vocabulary's embeddings (default: the text encoder);
+        ``norm``: the step's normalisers under gradient accumulation (``SegModel.loss_totals``)."""
         device = self.device
         images, pads = self.training_images(batch)
         targets = []
@@ -190,7 +199,8 @@ class SAN(SegModel):
         logits = [self.class_logits(e, text, vocab) for e in embs]
         outputs = {"pred_logits": logits[-1], "pred_masks": masks[-1],
                    "aux_outputs": [{"pred_logits": lg, "pred_masks": m} for lg, m in zip(logits[:-1], masks[:-1])]}
-        return self.criterion.weighted(self.criterion(outputs, targets))
+        losses = self.criterion(outputs, targets) if norm is None else self.criterion(outputs, targets, norm)
+        return self.criterion.weighted(losses)
 
     def train_transform(self, cfg: dict | None = None):
         """The published augmentation (see ``train_transform``)."""
