@@ -39,9 +39,13 @@ def test_return_scores_gives_the_map_before_argmax(tiny):
     assert torch.equal(r.scores.argmax(0), r.labels)
 
 
-def test_permuting_the_vocabulary_permutes_the_label_ids(tiny):
+def test_permuting_the_vocabulary_permutes_the_label_ids(tiny, monkeypatch):
     names = ["sky", "tree", "road", "car", "person"]
     perm = [3, 0, 4, 1, 2]
+    if "+resclip" in tiny.name:
+        # ResCLIP's feedback labels depend on the order as published: low-confidence
+        # patches take query 0 and ties the smallest id. Without SFR it is equivariant.
+        monkeypatch.setattr(tiny.model, "use_sfr", False)
     a = tiny(_image(), names, return_scores=True)
     b = tiny(_image(), [names[i] for i in perm], return_scores=True)
     assert torch.allclose(b.scores, a.scores[perm], atol=1e-5)
