@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..vocab import Vocabulary
 from .benchmarks import SEMANTIC, PANOPTIC, DatasetError
-from .readers import read_image, read_label, rgb_to_id
+from .decode import read_image, read_label, rgb_to_id
 
 KINDS = ("folder", "coco")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
