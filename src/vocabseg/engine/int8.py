@@ -21,19 +21,15 @@ import warnings
 import torch
 import torch.nn as nn
 
+from . import cpu
+
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _PACKS = "_vocabseg_int8_packs"
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_flags() -> tuple[str, ...]:
     """The int8 dot-product flags of this CPU (``INT8_FLAGS`` found in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            words = set(f.read().split())
-    except OSError:
-        return ()
-    return tuple(flag for flag in INT8_FLAGS if flag in words)
+    return cpu.present(INT8_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,7 +35,7 @@ import torch.nn as nn
 from .. import speed
 from ..errors import UserError
 from ..model import Fp32Module
-from . import int8
+from . import cpu, int8
 from .inference.image import map_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,15 +49,9 @@ def autocast(device_type: str, precision: str):
     return torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_flags() -> tuple[str, ...]:
     """The native-bf16 CPU flags of this machine (``BF16_FLAGS`` found in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            words = set(f.read().split())
-    except OSError:
-        return ()
-    return tuple(flag for flag in BF16_FLAGS if flag in words)
+    return cpu.present(BF16_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)
