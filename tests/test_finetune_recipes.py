@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHRINK = {"san": ["data.transform={crop_size: 64, short_sizes: [64, 80], max_size: 256}",
                   "train.activation_checkpointing=true", "eval.protocol={short_side: 64, max_side: 256, mode: whole}"],
           "fcclip": ["data.transform={image_size: 64, min_scale: 0.8, max_scale: 1.25}",
-                     "eval.protocol={short_side: 64, max_side: 256, mode: whole, size_divisibility: 32}"]}
+                     "eval.protocol={short_side: 64, max_side: 256, mode: whole, size_divisibility: 32}"],
+          "catseg": ["data.transform={short_sizes: [64], max_size: 256, crop_size: 64}"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["san", "fcclip"])
+@pytest.mark.parametrize("family", ["san", "fcclip", "catseg"])
 def test_finetune_recipe_on_a_folder(tmp_path, family):
     write_folder(tmp_path / "d", num_images=10, val=2, size=(64, 64))
     torch.manual_seed(3)
@@ -30,7 +31,7 @@ def test_finetune_recipe_on_a_folder(tmp_path, family):
     code = cli_main(["train", str(ROOT / f"configs/finetune-{family}.yaml"), f"model.preset={family}-tiny",
                      f"model.weights={start}", f"data.train=folder:{tmp_path / 'd'}", "data.workers=0",
                      "data.unseen=[sky]", "train.batch_size=4", "train.accumulate=2", "schedule.iterations=2",
-                     "schedule.warmup_iters=0", "train.eval_every=1", "train.checkpoint_every=0", "eval.batch_size=2",
+                     *([] if family == "catseg" else ["schedule.warmup_iters=0"]), "train.eval_every=1", "train.checkpoint_every=0", "eval.batch_size=2",
                      *SHRINK[family], "--output", str(out), "--no-progress"])
     assert code == 0
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

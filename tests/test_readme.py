@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 MODEL_RE = re.compile(r"\b(san|fcclip|segclip|maskclip|sclip|clearclip|naclip|catseg|proxyclip)-"
                       r"(?:vit-[blh]\d+|convnext-l)(?:-dino\w*)?\b(?!\.yaml)")
-WEIGHTS = {"san_vit_b_16.pth": "san-tiny", "fcclip_cocopan.pth": "fcclip-tiny"}
+WEIGHTS = {"san_vit_b_16.pth": "san-tiny", "fcclip_cocopan.pth": "fcclip-tiny", "model_base.pth": "catseg-tiny"}
 RAW = {"voc": "voc", "pcontext": "pcontext", "pcontext-full": "pcontext-full", "ade20k": "ade20k",
        "ade20k-full": "ade20k-full", "coco-stuff": "coco", "coco-object": "coco", "coco-panoptic": "coco",
        "cityscapes": "cityscapes"}            # `vocabseg prepare KIND SRC` -> write_raw kind
