@@ -82,6 +82,12 @@ MEASURED = {
     "naclip-vit-b16": {"bf16": 0.9985, "int8": 0.9981},
     "segclip-vit-b16": {"bf16": 0.8914, "int8": 0.9237},
     "san-vit-b16": {"bf16": 1.0, "int8": 1.0},
+    # same machine, later that day (load ~3): python benchmarks/precision.py --threads 1 --runs 1 --no-text
+    #   --models fcclip-convnext-l,catseg-vit-b16,proxyclip-vit-b16,naclip-vit-b16+resclip
+    "fcclip-convnext-l": {"bf16": 1.0, "int8": 1.0},
+    "catseg-vit-b16": {"bf16": 0.9535, "int8": 0.9455},
+    "proxyclip-vit-b16": {"bf16": 0.9358, "int8": 0.9688},
+    "naclip-vit-b16+resclip": {"bf16": 0.9997, "int8": 0.9997},
 }
 
 
