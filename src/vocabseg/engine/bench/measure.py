@@ -147,12 +147,11 @@ def work_peak(threads: int, size: int = 2048, runs: int = 5) -> dict:
 
 def _onnx_model(model, image, folder: str):
     """``model`` with its image side exported to ONNX in ``folder`` and run by ONNX Runtime."""
-    from ...api import load_model
-    from ...export import export
+    from ...export import export, load_export
     from .. import inference
     windows = sorted(set(inference.encode(model, image).padded))
     export(model, folder, sizes=windows)
-    return load_model(folder)
+    return load_export(folder)
 
 
 def _precisions(wanted) -> list[str]:
