@@ -4,6 +4,7 @@ network, or a safe fallback; a malicious pickle never runs."""
 import json
 import logging
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -264,7 +265,7 @@ def test_resume_skips_a_truncated_latest_checkpoint(run, tmp_path, capsys):
 
 
 def test_resume_skips_a_garbage_latest_checkpoint_without_torch_advice(run, tmp_path, capsys):
-    resume_from_damaged(run, tmp_path, capsys, lambda p: p.write_bytes(os.urandom(4000)),
+    resume_from_damaged(run, tmp_path, capsys, lambda p: p.write_bytes(random.Random(0).randbytes(4000)),
                         "it is not a PyTorch weight file, or it holds objects other than tensors and plain data")
 
 
