@@ -19,6 +19,16 @@ def _isolated_home(tmp_path, monkeypatch):
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny ops: one thread avoids oversubscription on a shared machine
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a test file)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(items):
     """Browser and torchrun tests are slow too: ``-m "not slow"`` leaves them out."""
     for item in items:

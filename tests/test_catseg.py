@@ -21,12 +21,7 @@ from vocabseg.registry import get_spec, load_checkpoint
 from vocabseg.vocab import Vocabulary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # conftest.py
 
 
 @pytest.fixture(scope="module")

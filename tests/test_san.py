@@ -16,13 +16,7 @@ from vocabseg.registry import get_spec
 from vocabseg.vocab import Vocabulary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: one thread avoids oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # conftest.py
 
 
 @pytest.fixture(scope="module")

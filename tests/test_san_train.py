@@ -66,13 +66,7 @@ def uniform_point_loss(model, batch, vocab, text):
     return loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: one thread avoids oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # conftest.py
 
 
 @pytest.mark.slow
