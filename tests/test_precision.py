@@ -6,7 +6,7 @@ from PIL import Image
 from vocabseg.api import Segmenter, load_model
 from vocabseg.backbones.clip import create_clip
 from vocabseg.cli import main
-from vocabseg.engine import precision
+from vocabseg.engine import bf16, precision
 from vocabseg.errors import UserError
 from vocabseg.registry import all_specs
 from vocabseg.text import TextEncoder
@@ -142,9 +142,9 @@ def test_bf16_runs_a_bf16_twin_and_leaves_the_model_untouched(native, name):
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
-    assert precision._TWIN in model.__dict__ and precision._TWIN not in dict(model.named_modules())
-    twin = precision.bf16_twin(model)
-    assert twin is precision.bf16_twin(model)                         # made once
+    assert bf16.KEPT in model.__dict__ and bf16.KEPT not in dict(model.named_modules())
+    twin = bf16.twin(model)
+    assert twin is bf16.twin(model)                         # made once
     norms = [m for m in twin.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))]
     assert norms and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
     assert seg.predict(VOCAB).labels.shape == (96, 128)
@@ -154,7 +154,7 @@ def test_fp32_never_makes_a_twin_and_the_twin_follows_new_weights(native):
     torch.manual_seed(0)
     model = load_model("maskclip-tiny")
     Segmenter(model, precision="fp32")(_image(), VOCAB)
-    assert precision._TWIN not in model.__dict__
+    assert bf16.KEPT not in model.__dict__
     low = Segmenter(model, precision="bf16")(_image(), VOCAB, return_scores=True)
     state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     model.load_state_dict(state)                                      # in place: the twin must be remade
@@ -166,8 +166,9 @@ def test_fp32_never_makes_a_twin_and_the_twin_follows_new_weights(native):
 
 
 @pytest.mark.parametrize("n,masked", [(200, False), (300, True)])
-def test_bf16_attention_is_sdpa_in_bf16(n, masked):
+def test_bf16_attention_is_sdpa_in_bf16(n, masked, monkeypatch):
     from vocabseg import speed
+    monkeypatch.setattr(speed, "ATTENTION_BLOCK", 2 * 3 * n * 40)      # several blocks of rows
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 16, generator=g).bfloat16() for _ in range(3))
     mask = (torch.randn(2, 3, n, n, generator=g) * 3).bfloat16() if masked else None

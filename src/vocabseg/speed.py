@@ -95,31 +95,68 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-ATTENTION_ROWS = 128     # query rows per bf16 attention chunk (keeps the score block in cache)
+ATTENTION_BLOCK = 1 << 20     # score entries per bf16 attention block (about 2 MB: kept in cache)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask)`` ([B, heads, N, d], additive float
     mask or None). Without autograd on CPU bfloat16 (outside ``plain_paths()``) it runs as
-    bf16 matrix products over blocks of ``ATTENTION_ROWS`` query rows: scores q . k^T / sqrt(d)
+    bf16 matrix products over blocks of query rows (``ATTENTION_BLOCK`` scores each): scores q . k^T / sqrt(d)
     rounded to bf16 (+ the mask in fp32), a softmax that accumulates in fp32, then . v; CPU's fused
     kernel converts bf16 blocks to fp32 and runs 2-4x slower than this on the token counts
     here (577-1601). Same formula, bf16 rounding of the scores and probabilities."""
     if (not (_FAST.get() and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled()
              and k.dtype == v.dtype == q.dtype and (attn_mask is None or attn_mask.is_floating_point()))):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    kt = k.transpose(-2, -1) * (q.shape[-1] ** -0.5)
+    q, v = q.contiguous(), v.contiguous()          # row blocks of q below are then views, not copies
+    kt = (k * (q.shape[-1] ** -0.5)).contiguous().transpose(-2, -1)
     out = q.new_empty(*torch.broadcast_shapes(q.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1])
     n = q.shape[-2]
-    for i in range(0, n, ATTENTION_ROWS):
-        scores = torch.matmul(q[..., i:i + ATTENTION_ROWS, :], kt)
+    step = max(16, ATTENTION_BLOCK // (out.numel() // out.shape[-1] // n * k.shape[-2]) // 16 * 16)
+    for i in range(0, n, step):
+        scores = torch.matmul(q[..., i:i + step, :], kt)
         if attn_mask is not None:
-            rows = attn_mask if attn_mask.shape[-2] == 1 else attn_mask[..., i:i + ATTENTION_ROWS, :]
+            rows = attn_mask if attn_mask.shape[-2] == 1 else attn_mask[..., i:i + step, :]
             scores = torch.softmax(scores.float() + rows, -1).to(v.dtype)   # the sum not rounded to bf16
         else:
             scores = scores.softmax(-1)
-        out[..., i:i + ATTENTION_ROWS, :] = torch.matmul(scores, v)
+        out[..., i:i + step, :] = torch.matmul(scores, v)
     return out
+
+
+class FusedLinear(nn.Linear):
+    """A bf16 twin's linear layer with the activation after it (``post``: "gelu" exact, or
+    "swish" x * sigmoid(x)) applied by oneDNN to the fp32 accumulator before the one bf16
+    rounding (``engine.bf16.fuse_activations``); elsewhere the layer then the activation."""
+
+    post = "gelu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if (_ONEDNN is not None and not torch.is_grad_enabled() and x.device.type == "cpu" and x.numel()
+                and x.dtype == w.dtype == torch.bfloat16 and (b is None or b.dtype == x.dtype)):
+            return _ONEDNN(x, w, b, self.post, [], "none" if self.post == "gelu" else "")
+        y = F.linear(x, w, b)
+        return F.gelu(y) if self.post == "gelu" else F.silu(y)
+
+
+class BlockedAttention(torch.overrides.TorchFunctionMode):
+    """While active (this thread), ``F.scaled_dot_product_attention`` calls made by code we do
+    not own (timm's attention, e.g. SAN's side network and ProxyCLIP's VFM) run as
+    ``attention`` above when they are plain (no dropout, not causal, default scale); every
+    other call passes through unchanged. Entered by the bf16 image side only."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and len(args) >= 3:
+            given = {**dict(zip(_SDPA_OPTIONS, args[3:])), **kwargs}
+            if set(given) <= set(_SDPA_OPTIONS) and all(given.get(n, d) == d for n, d in _SDPA_OPTIONS.items()
+                                                         if n != "attn_mask"):
+                return attention(*args[:3], attn_mask=given.get("attn_mask"))
+        return func(*args, **kwargs)
+
+
+_SDPA_OPTIONS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
 
 
 class FastLinear(nn.Linear):

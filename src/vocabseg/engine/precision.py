@@ -7,35 +7,23 @@ low precision (``image_side``); its outputs are cast back to fp32, so the head
 (``classify`` / ``classify_at`` / ``image_stats`` / ``finalize``: the final
 classification, the mask -> semantic sums, softmaxes) runs in fp32 on fp32 inputs.
 
-bf16 on CPU runs a bf16 twin of the model (``bf16_twin``): a copy made once, when
-first needed, whose linear / convolution / attention weights and float buffers are
-bf16 and whose norm parameters are the model's own fp32 tensors (shared, not
-copied), as are those of any ``model.Fp32Module`` part (run in fp32 with autocast
-off). It runs under bf16 autocast, which has nothing to cast where inputs and
-weights are both bf16 (activations stay bf16 from the input to the output, no
-weight is re-cast at every call) and casts where an fp32 result meets bf16 weights
-(after an ``Fp32Module``); the CPU kernels for layer / group norm and
-softmax (also inside attention) accumulate in fp32 and round only their outputs.
-The twin is kept outside the module tree (no state-dict keys, not moved by
-``.to()``) and rebuilt when any parameter or buffer of the model changes (a new
-tensor, an in-place update such as ``load_state_dict``, a device move).
+bf16 on CPU runs the model's bf16 twin (``engine.bf16``: bf16 weights, fp32 norms,
+fused MLP activations) under bf16 autocast, with the attention calls of code we do not
+own routed to ``speed.attention`` (``speed.BlockedAttention``).
 Elsewhere (CUDA, fp16) the image side runs under autocast. int8 (CPU with VNNI / AMX)
 runs the fp32 model with int8 linear weights (``engine.int8``).
 """
 from __future__ import annotations
 
 import contextvars
-import copy
 import functools
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.nn as nn
 
 from .. import speed
 from ..errors import UserError
-from ..model import Fp32Module
-from . import cpu, int8
+from . import bf16, cpu, int8
 from .inference.image import map_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -170,46 +158,11 @@ def _image_side_class(cls: type) -> type:
             with speed.int8_linears(int8.packs(self)):
                 return cls.encode_image(self, images, *args, **kw)
         if dtype == torch.bfloat16 and images.device.type == "cpu":
-            with torch.autocast("cpu", dtype=torch.bfloat16):      # casts only where fp32 meets bf16
-                out = cls.encode_image(bf16_twin(self), images.to(torch.bfloat16), *args, **kw)
+            with torch.autocast("cpu", dtype=torch.bfloat16), speed.BlockedAttention():   # casts only where fp32 meets bf16
+                out = cls.encode_image(bf16.twin(self), images.to(torch.bfloat16), *args, **kw)
             return to_fp32(out)
         with torch.autocast(images.device.type, dtype=dtype):
             out = cls.encode_image(self, images, *args, **kw)
         return to_fp32(out)
     return type(cls.__name__, (cls,), {"encode_image": encode_image, "_image_side": True,
                                        "__module__": cls.__module__, "__doc__": cls.__doc__})
-
-
-KEEP_FP32 = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)   # parameters shared with the twin
-_TWIN = "_vocabseg_bf16_twin"
-
-
-def _stamp(model: nn.Module) -> tuple:
-    """What the twin was made from: every parameter and buffer's identity, version
-    counter (bumped by in-place writes), device."""
-    return tuple((id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers()))
-
-
-def bf16_twin(model: nn.Module) -> nn.Module:
-    """The bf16 twin of ``model`` (see the module docstring), made on first use and kept
-    on the model outside its module tree; remade when ``_stamp(model)`` changes. The
-    model itself (its parameters, state dict, fp32 results) is not touched."""
-    stamp = _stamp(model)
-    kept = model.__dict__.get(_TWIN)
-    if kept is not None and kept[0] == stamp:
-        return kept[1]
-    model.__dict__.pop(_TWIN, None)
-    shared = {id(p) for m in model.modules() if isinstance(m, KEEP_FP32) for p in m.parameters(recurse=False)}
-    shared |= {id(t) for m in model.modules() if isinstance(m, Fp32Module) for t in (*m.parameters(), *m.buffers())}
-    memo = {}
-    for t in (*model.parameters(), *model.buffers()):
-        if id(t) in shared or not t.is_floating_point():
-            memo[id(t)] = t
-        elif isinstance(t, nn.Parameter):
-            memo[id(t)] = nn.Parameter(t.detach().to(torch.bfloat16), requires_grad=False)
-        else:
-            memo[id(t)] = t.to(torch.bfloat16)
-    twin = copy.deepcopy(model, memo)
-    twin.eval()
-    model.__dict__[_TWIN] = (stamp, twin)
-    return twin
