@@ -11,7 +11,7 @@ from open_clip.transformer import QuickGELU
 from timm.layers import Mlp
 
 from vocabseg import speed
-from vocabseg.engine import bf16
+from vocabseg import bf16
 
 
 class Net(nn.Module):

@@ -6,7 +6,8 @@ from PIL import Image
 from vocabseg.api import Segmenter, load_model
 from vocabseg.backbones.clip import create_clip
 from vocabseg.cli import main
-from vocabseg.engine import bf16, precision
+from vocabseg import bf16
+from vocabseg.engine import precision
 from vocabseg.errors import UserError
 from vocabseg.registry import all_specs
 from vocabseg.text import TextEncoder
@@ -108,16 +109,21 @@ def test_text_cache_keeps_fp32_and_bf16_apart():
     calls = []
     enc = TextEncoder(model, tok, ident, "vild")
     orig = enc._encode
-    enc._encode = lambda n: calls.append(torch.is_autocast_enabled("cpu")) or orig(n)
+    enc._encode = lambda n, p="fp32": calls.append(p) or orig(n, p)
     assert enc.cache_path(names, "bf16") != enc.cache_path(names, "fp32") == enc.cache_path(names)
     full = enc(names)
+    assert bf16.KEPT not in model.__dict__
     low = enc(names, precision="bf16")
-    assert calls == [False, True]                   # the bf16 request did not get the fp32 entry
+    assert calls == ["fp32", "bf16"]                # the bf16 request did not get the fp32 entry
     assert low.dtype == torch.float32 and not torch.equal(low, full)
+    assert (1 - (low * full).sum(-1)).max() < 1e-3    # bf16 rounding only
+    twin = bf16.twin(model, skip="visual")          # the text tower's bf16 twin, made by that request
+    assert model.__dict__[bf16.KEPT][1] is twin and twin.token_embedding.weight.dtype == torch.bfloat16
+    assert all(a is b for a, b in zip(twin.visual.parameters(), model.visual.parameters()))   # shared, not copied
     fresh = TextEncoder(model, tok, ident, "vild")   # from disk, each from its own entry
-    fresh._encode = lambda n: calls.append("again") or orig(n)
+    fresh._encode = lambda n, p="fp32": calls.append("again") or orig(n, p)
     assert torch.equal(fresh(names, precision="bf16"), low) and torch.equal(fresh(names), full)
-    assert calls == [False, True]
+    assert calls == ["fp32", "bf16"]
 
 
 def _weights(model):

@@ -16,7 +16,7 @@ def clip():
 
 def _counting(enc, calls):
     orig = enc._encode
-    enc._encode = lambda names: calls.append(list(names)) or orig(names)
+    enc._encode = lambda names, p="fp32": calls.append(list(names)) or orig(names, p)
     return enc
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .layers.mask_semantic import resize_rows
 from .protocol import Protocol, normalize
+from .bf16 import Fp32Module  # noqa: F401  (part of the model contract: methods import it from here)
 from .text import TextEncoder, template_key
 from .vocab import Vocabulary
 
@@ -43,12 +44,6 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, 
 # Parameter names without weight decay in ``default_param_groups`` (Mask2Former's build_optimizer)
 NO_DECAY_NAMES = ("pos_embed", "positional_embedding", "query_embed", "query_feat", "class_embedding",
                   "cls_token", "level_embed", "token_embedding")
-
-
-class Fp32Module(nn.Module):
-    """A part of a model that runs in fp32 whatever the precision asked (its forward turns
-    autocast off and casts its inputs to fp32): the bf16 image side keeps its parameters
-    and buffers in fp32 instead of giving it a bf16 copy."""
 
 
 class SegModel(nn.Module):

@@ -5,7 +5,8 @@ embeddings are L2-normalised, averaged and re-normalised (``average="normalized"
 SAN / FC-CLIP / CLIP) or averaged raw and then normalised (``average="raw"``,
 SegCLIP). Results are cached under ``$VOCABSEG_HOME/text`` keyed by the CLIP
 identity (architecture + weights), the template set, the names and the precision
-of the text tower (``bf16``: run under autocast; the embeddings are stored as fp32).
+of the text tower (``bf16``: on CPU a bf16 twin of the text tower (``bf16.twin``) under autocast,
+elsewhere autocast; the embeddings are stored as fp32).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import speed, text_prefix
+from . import bf16, speed, text_prefix
 from .backbones.clip import text_dim
 from .files import atomic_write, vocabseg_home
 from .text_prefix import embed_tokens, project_text, standard_text_tower
@@ -170,10 +171,7 @@ class TextEncoder:
                 warnings.warn(f"text cache entry {path} is {problem}: re-encoded and rewritten", stacklevel=2)
                 emb = None
         if emb is None:
-            low = torch.autocast(_device_of(self.clip_model).type, dtype=torch.bfloat16) if precision == "bf16" \
-                else nullcontext()
-            with low:
-                emb = self._encode(names)
+            emb = self._encode(names, precision)
             if self.cache:
                 self._write_cache(path, emb)
         self._memory[key] = emb
@@ -194,30 +192,41 @@ class TextEncoder:
                               f"embeddings are kept in memory for this session only", stacklevel=3)
 
     @torch.no_grad()
-    def _encode(self, names: Sequence[str]) -> torch.Tensor:
+    def _encode(self, names: Sequence[str], precision: str = "fp32") -> torch.Tensor:
         prompts = [t.format(n) for n in names for t in self.templates]
         bar = tqdm(total=len(prompts), desc="encoding prompts", unit="prompt",
                    disable=len(prompts) < 2000, leave=False)
         fast = speed.fast() and text_prefix.supports(self.clip_model)
-        f = (self.fast_prompt_features if fast else self.plain_prompt_features)(prompts, bar.update)
+        model = self.clip_model
+        if precision == "bf16":
+            low = torch.autocast(_device_of(model).type, dtype=torch.bfloat16)
+            if _device_of(model).type == "cpu":
+                model = bf16.twin(model, skip="visual")              # bf16 text weights, made once
+        else:
+            low = nullcontext()
+        with low:
+            f = (self.fast_prompt_features if fast else self.plain_prompt_features)(prompts, bar.update, model)
         bar.close()
         return average_templates(f.view(len(names), len(self.templates), -1), self.average)
 
-    def plain_prompt_features(self, prompts: Sequence[str], progress) -> torch.Tensor:
-        """[P, D] float CPU text features of the P prompts, ``batch_size`` at a time (``progress(n)`` after each)."""
-        device = _device_of(self.clip_model)
+    def plain_prompt_features(self, prompts: Sequence[str], progress, model=None) -> torch.Tensor:
+        """[P, D] float CPU text features of the P prompts, ``batch_size`` at a time (``progress(n)`` after
+        each), by ``model`` (default: the CLIP model; the bf16 side passes its twin)."""
+        model = self.clip_model if model is None else model
+        device = _device_of(model)
         feats = []
         for i in range(0, len(prompts), self.batch_size):
             tokens = self.tokenizer(prompts[i:i + self.batch_size]).to(device)
-            feats.append(encode_text_tokens(self.clip_model, tokens).float().cpu())
+            feats.append(encode_text_tokens(model, tokens).float().cpu())
             progress(tokens.shape[0])
         return torch.cat(feats)
 
-    def fast_prompt_features(self, prompts: Sequence[str], progress) -> torch.Tensor:
+    def fast_prompt_features(self, prompts: Sequence[str], progress, model=None) -> torch.Tensor:
         """``plain_prompt_features`` with token prefixes the prompts share computed once (``text_prefix``)."""
         from . import text_prefix
-        tokens = self.tokenizer(prompts).to(_device_of(self.clip_model))
-        return text_prefix.encode_shared(self.clip_model, tokens, self.batch_size, progress=progress).float().cpu()
+        model = self.clip_model if model is None else model
+        tokens = self.tokenizer(prompts).to(_device_of(model))
+        return text_prefix.encode_shared(model, tokens, self.batch_size, progress=progress).float().cpu()
 
 
 def entry_problem(emb, rows: int, width: int) -> str | None:

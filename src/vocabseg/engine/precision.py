@@ -21,9 +21,9 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from .. import speed
+from .. import bf16, speed
 from ..errors import UserError
-from . import bf16, cpu, int8
+from . import cpu, int8
 from .inference.image import map_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

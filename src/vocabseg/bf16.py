@@ -26,8 +26,13 @@ import copy
 import torch
 import torch.nn as nn
 
-from .. import speed
-from ..model import Fp32Module
+from . import speed
+
+class Fp32Module(nn.Module):
+    """A part of a model that runs in fp32 whatever the precision asked (its forward turns
+    autocast off and casts its inputs to fp32): the bf16 twin keeps its parameters and
+    buffers in fp32 instead of giving it a bf16 copy. Methods import it from ``vocabseg.model``."""
+
 
 KEEP_FP32 = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)   # parameters shared with the twin
 KEPT = "_vocabseg_bf16_twin"
@@ -40,17 +45,22 @@ def _stamp(model: nn.Module) -> tuple:
     return tuple((id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers()))
 
 
-def twin(model: nn.Module) -> nn.Module:
+def twin(model: nn.Module, skip: str | None = None) -> nn.Module:
     """The bf16 twin of ``model`` (see the module docstring), made on first use and kept
     on the model outside its module tree; remade when ``_stamp(model)`` changes. The
-    model itself (its parameters, state dict, fp32 results) is not touched."""
-    stamp = _stamp(model)
+    model itself (its parameters, state dict, fp32 results) is not touched. ``skip``:
+    the name of a submodule the twin never runs, whose tensors it shares instead of
+    copying (e.g. a CLIP model's ``visual`` tower for the text side; none if absent)."""
+    stamp = (_stamp(model), skip)
     kept = model.__dict__.get(KEPT)
     if kept is not None and kept[0] == stamp:
         return kept[1]
     model.__dict__.pop(KEPT, None)
     shared = {id(p) for m in model.modules() if isinstance(m, KEEP_FP32) for p in m.parameters(recurse=False)}
     shared |= {id(t) for m in model.modules() if isinstance(m, Fp32Module) for t in (*m.parameters(), *m.buffers())}
+    part = dict(model.named_modules()).get(skip) if skip else None
+    if part is not None:
+        shared |= {id(t) for t in (*part.parameters(), *part.buffers())}
     memo = {}
     for t in (*model.parameters(), *model.buffers()):
         if id(t) in shared or not t.is_floating_point():
