@@ -24,10 +24,17 @@ def test_model_worker_reports_a_consistent_row():
     assert f"**{r['fast']['latency']:.2f}**" in row and f"{gflop / r['fast']['latency'] / 50.0:.0%}" in row
 
 
-def test_text_worker_encodes_then_reads_the_cache():
-    r = bench.work_text("san-tiny", "voc20", threads=1)
+def test_text_worker_encodes_then_reads_the_cache(monkeypatch):
+    from vocabseg.engine import precision
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type="cpu": True)
+    r = bench.work_text("san-tiny", "voc20", threads=1, precisions=["bf16"])
     assert r["synonyms"] == 20 and r["prompts"] == 20 * 14
     assert r["cached"] < r["uncached"] and r["prompts_per_s"] == pytest.approx(r["prompts"] / r["uncached"])
+    assert r["uncached_bf16"] > 0 and 0.99 < r["cos_min_bf16"] < 1      # encoded again at bf16, not the fp32 entry
+    table = bench_report.tables({"machine": {"cpu": "x", "cpus": 2, "torch": "t"}, "threads": 1, "runs": 1, "warmup": 1,
+                           "peak": 50.0, "peak_1_thread": 25.0, "models": [], "text": [r]})
+    row = next(line for line in table.splitlines() if line.startswith("| `san-tiny`"))
+    assert row.endswith(f"| {r['uncached_bf16'] / r['uncached']:.2f} | {1 - r['cos_min_bf16']:.1e} |")
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precisions", nargs="*", default=None, metavar="P", choices=["bf16", "int8", "onnx"],
                    help="also time each model at these precisions in the same process (bf16 / int8 where this CPU "
                         "runs them natively; onnx: image side through ONNX Runtime), as ratios to fp32")
-    p.add_argument("--all", action="store_true", help="--plain, --text, --batch and --precisions bf16 int8")
+    p.add_argument("--all", action="store_true", help="--plain, --text, --batch and --precisions bf16 int8 onnx")
     p.add_argument("--wait-idle", action="store_true", help="before each measurement wait until the CPUs are idle")
     p.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
     return p
@@ -53,7 +53,7 @@ def run(args) -> int:
                               plain=args.plain or args.all, text_models=text, batch=args.batch or args.all,
                               batch_model=args.batch_model, batch_images=args.batch_images, wait=args.wait_idle,
                               precisions=args.precisions if args.precisions is not None
-                              else (["bf16", "int8"] if args.all else []),
+                              else (["bf16", "int8", "onnx"] if args.all else []),
                               log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         with open(args.json, "w") as f:

@@ -51,7 +51,8 @@ def run(models: list[str], runs: int = 5, warmup: int = 1, threads: int = 2, pla
         for vocab in get_spec(name).text_vocabularies:
             before()
             log(f"text {name} {vocab}")
-            out["text"].append(bench.run_worker("text", name=name, vocab_name=vocab, threads=threads))
+            out["text"].append(bench.run_worker("text", name=name, vocab_name=vocab, threads=threads,
+                                                precisions=list(precisions)))
     if batch:
         log(f"batch inference ({batch_model}, {batch_images} images)")
         out["batch"] = bench_batch(batch_model, batch_images, log=log, before=before)
@@ -113,15 +114,21 @@ def tables(r: dict) -> str:
             lines.append(row)
         lines.append("")
     if r.get("text"):
+        low = any("uncached_bf16" in t for t in r["text"])
         lines += ["| text tower | vocabulary (ViLD templates) | prompts | uncached (s) | prompts/s | cached (s) | "
-                  "identity hash, once per load (s) | issue target uncached / cached (s) | uncached target × peak ratio (s) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "identity hash, once per load (s) | issue target uncached / cached (s) | uncached target × peak ratio (s) |"
+                  + (" bf16 uncached / fp32 | 1 − min cosine bf16 vs fp32 |" if low else ""),
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if low else "")]
         for t in r["text"]:
             target = bench.TEXT_TARGET.get(t["model"]) if t["vocabulary"].startswith("ade150") else None
-            lines.append(f"| `{t['model']}` | {t['vocabulary']} ({t['synonyms']} names) | {t['prompts']} | "
-                         f"**{t['uncached']:.1f}** | {t['prompts_per_s']:.0f} | **{t['cached']:.3f}** | "
-                         f"{t['identity']:.2f} | {_f(target[0], 0) + ' / ' + _f(target[1], 1) if target else '—'} | "
-                         f"{_f(target[0] * scale, 0) if target else '—'} |")
+            row = (f"| `{t['model']}` | {t['vocabulary']} ({t['synonyms']} names) | {t['prompts']} | "
+                   f"**{t['uncached']:.1f}** | {t['prompts_per_s']:.0f} | **{t['cached']:.3f}** | "
+                   f"{t['identity']:.2f} | {_f(target[0], 0) + ' / ' + _f(target[1], 1) if target else '—'} | "
+                   f"{_f(target[0] * scale, 0) if target else '—'} |")
+            if low:
+                row += (f" {t['uncached_bf16'] / t['uncached']:.2f} | {1 - t['cos_min_bf16']:.1e} |"
+                        if "uncached_bf16" in t else " — | — |")
+            lines.append(row)
         lines.append("")
     b = r.get("batch")
     if b:
