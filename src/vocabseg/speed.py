@@ -95,16 +95,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-ATTENTION_BLOCK = 1 << 20     # score entries per bf16 attention block (about 2 MB: kept in cache)
+ATTENTION_BLOCK = 1 << 20     # score entries per bf16 attention block (about 2 MB: kept in cache) ...
+ATTENTION_ROWS = 64           # ... but at least this many query rows (smaller matrix products run slowly)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask)`` ([B, heads, N, d], additive float
     mask or None). Without autograd on CPU bfloat16 (outside ``plain_paths()``) it runs as
-    bf16 matrix products over blocks of query rows (``ATTENTION_BLOCK`` scores each): scores q . k^T / sqrt(d)
-    rounded to bf16 (+ the mask in fp32), a softmax that accumulates in fp32, then . v; CPU's fused
-    kernel converts bf16 blocks to fp32 and runs 2-4x slower than this on the token counts
-    here (577-1601). Same formula, bf16 rounding of the scores and probabilities."""
+    bf16 matrix products over blocks of query rows (``ATTENTION_BLOCK`` scores, at least
+    ``ATTENTION_ROWS`` rows): scores q . k^T / sqrt(d) rounded to bf16 (+ the mask in fp32), a
+    softmax that accumulates in fp32, then . v; CPU's fused kernel converts bf16 blocks to fp32
+    and ran 1.3-2x slower than this on the token counts here (577-1601). Same formula, bf16
+    rounding of the scores and probabilities."""
     if (not (_FAST.get() and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled()
              and k.dtype == v.dtype == q.dtype and (attn_mask is None or attn_mask.is_floating_point()))):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -112,7 +114,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     kt = (k * (q.shape[-1] ** -0.5)).contiguous().transpose(-2, -1)
     out = q.new_empty(*torch.broadcast_shapes(q.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1])
     n = q.shape[-2]
-    step = max(16, ATTENTION_BLOCK // (out.numel() // out.shape[-1] // n * k.shape[-2]) // 16 * 16)
+    step = max(ATTENTION_ROWS, ATTENTION_BLOCK // (out.numel() // out.shape[-1] // n * k.shape[-2]) // 16 * 16)
     for i in range(0, n, step):
         scores = torch.matmul(q[..., i:i + step, :], kt)
         if attn_mask is not None:
