@@ -45,6 +45,10 @@ def test_proxy_attention_matches_the_formula_per_image():
     assert (a == 0).any() and (a[1] > 0).sum() > 12   # some S' < 0 are masked, not all
     same = proxy_attention(torch.ones(1, 4, 6))      # all alike: every S' < 0, the token keeps itself
     assert torch.equal(same[0], torch.eye(6))
+    low = feats.bfloat16()                           # the bf16 image side: computed in fp32 all the same
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = proxy_attention(low, 1.2, 3.0)
+    assert inside.dtype == torch.float32 and torch.equal(inside, proxy_attention(low.float(), 1.2, 3.0))
 
 
 def test_last_block_is_the_published_value_aggregation(model):
