@@ -63,6 +63,23 @@ def test_low_trained_agreement_is_refused_and_both_reasons_are_named(all_native,
     assert precision.resolve("fp32", "cpu", "san-tiny") == "fp32"
 
 
+def test_the_trained_table_covers_every_trained_tiny_model_and_gates_it(all_native):
+    trained = {name.partition("@")[0] for name in _bench().trainable_tiny_presets()}
+    assert trained and trained <= precision.TRAINED.keys()                # published by learn_synthetic.py
+    for preset, row in precision.TRAINED.items():
+        assert row.keys() == {"bf16", "int8"}
+        for p, (agree, drop) in row.items():
+            assert 0.0 <= agree <= 1.0 and -100 <= drop <= 100
+            if agree >= precision.MIN_AGREEMENT and drop <= precision.MAX_MIOU_DROP:
+                assert precision.resolve(p, "cpu", preset) == p
+            else:
+                with pytest.raises(UserError) as e:
+                    precision.resolve(p, "cpu", preset)
+                assert preset in str(e.value) and "learn_synthetic.py" in str(e.value)
+        bf16_ok = row["bf16"][0] >= precision.MIN_AGREEMENT and row["bf16"][1] <= precision.MAX_MIOU_DROP
+        assert precision.resolve("auto", "cpu", preset) == ("bf16" if bf16_ok else "fp32")
+
+
 def test_learn_synthetic_precision_figures_match_an_independent_count(all_native, monkeypatch, tmp_path):
     bench = _bench()
     out = bench.learn("segclip-tiny", tmp_path, 1, train_images=32, precisions=["bf16", "int8"], keep_model=True)
