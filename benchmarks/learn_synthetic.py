@@ -20,8 +20,17 @@ Chance: ``random`` draws each pixel's label uniformly among the classes present
 in the held-out ground truth; ``constant`` is the best single label. mIoU is
 ``miou_gt`` (mean over classes in the ground truth), in percent.
 
+``--precisions bf16 int8``: each trained model is also evaluated on the same held-out
+images with its image side at that precision (``engine.precision.image_side``, as
+``Segmenter(precision=...)`` runs it, bf16 text too, but past the gate table so that a
+refused precision can be measured), reporting the share of held-out pixels whose
+argmax equals fp32's and the mIoU difference from fp32 in points: what
+``engine.precision.MEASURED`` / ``MIOU_DROP`` record for the tiny presets. A precision
+this CPU does not run natively prints "not native here".
+
     .venv/bin/python benchmarks/learn_synthetic.py --minutes 3
     .venv/bin/python benchmarks/learn_synthetic.py --models segclip-tiny --iterations 300
+    .venv/bin/python benchmarks/learn_synthetic.py --precisions bf16 int8 --minutes 1
 """
 from __future__ import annotations
 
@@ -36,7 +45,9 @@ import torch
 from vocabseg.data.captions import COLOURS, shape_sample, write_shards
 from vocabseg.testing.synthetic import write_benchmark
 from vocabseg.engine.training.config import validate
-from vocabseg.engine.evaluation.evaluate import evaluate
+from vocabseg.engine import int8, precision
+from vocabseg.engine.evaluation.evaluate import dataset_vocabulary, evaluate, model_convention
+from vocabseg.engine.inference.batched import infer_batch
 from vocabseg.engine.evaluation.metrics import ConfusionMatrix
 from vocabseg.engine.training.train import train
 from vocabseg.registry import all_specs
@@ -70,12 +81,12 @@ class HeldOutShapes:
 
 
 def trainable_tiny_presets() -> list[str]:
-    """Tiny (test-only) presets whose model has ``forward_train``."""
+    """Tiny (test-only) presets whose model has a training recipe (``forward_train``)."""
     out = []
     for name, spec in all_specs(include_test=True).items():
         if spec.test_only:
             model = spec.build()
-            if hasattr(model, "forward_train"):
+            if model.trainable:
                 out.append(name)
     return sorted(out)
 
@@ -192,9 +203,51 @@ def chance(dataset, vocab_size: int, seed: int = 0) -> tuple[float, float]:
     return rand.metrics()["miou_gt"], best
 
 
-def learn(preset: str, work: Path, iterations: int, train_images: int = 512, seed: int = 0) -> dict:
+def native(p: str) -> bool:
+    """Whether this CPU runs precision ``p`` (bf16 / int8) natively."""
+    return int8.native_int8() if p == "int8" else precision.native_bf16("cpu")
+
+
+@torch.no_grad()
+def held_out_labels(model, dataset, vocab, text) -> list[torch.Tensor]:
+    """Each held-out image's predicted label map (the argmax of its scores), one image at a
+    time at the model's current protocol (the one ``evaluate`` set)."""
+    return [infer_batch(model, [dataset[i]["image"].float().div(255)], text, vocab, max_crops=1)[0].argmax(0).cpu()
+            for i in range(len(dataset))]
+
+
+def compare_precisions(model, dataset, vocab, precisions) -> dict:
+    """{"fp32": mIoU, p: {"agreement", "miou", "diff"} or None where not native}: the held-out
+    set evaluated at fp32 and with the image side at each of ``precisions`` (past the gate
+    table), the share of held-out pixels whose argmax equals fp32's, mIoU difference in points.
+    One image at a time (``batch_size`` 1: batched low-precision kernels round differently), so
+    the mIoU and the agreement come from the same label maps, those ``Segmenter`` gives."""
+    if vocab is None:
+        vocab = dataset_vocabulary(dataset, "auto", model_convention(model))[0]
+    encoder = model.text_encoder()
+    text = encoder(vocab)
+    miou = evaluate(model, dataset, vocab=vocab, text=text, batch_size=1, workers=0, progress=False)["miou_gt"]
+    ref = held_out_labels(model, dataset, vocab, text)      # after evaluate: its protocol
+    out = {"fp32": miou}
+    for p in precisions:
+        if not native(p):
+            out[p] = None
+            continue
+        low_text = encoder(vocab, precision="bf16") if p == "bf16" else text   # as Segmenter does
+        with precision.image_side(model, p):
+            low = evaluate(model, dataset, vocab=vocab, text=low_text, batch_size=1, workers=0,
+                           progress=False)["miou_gt"]
+            labels = held_out_labels(model, dataset, vocab, low_text)
+        same = sum(int((a == b).sum()) for a, b in zip(ref, labels))
+        out[p] = {"agreement": same / sum(a.numel() for a in ref), "miou": low, "diff": low - miou}
+    return out
+
+
+def learn(preset: str, work: Path, iterations: int, train_images: int = 512, seed: int = 0,
+          precisions=(), keep_model: bool = False) -> dict:
     """Train ``preset`` (``NAME@folder``: on a folder source) for ``iterations`` and evaluate it
-    on held-out images."""
+    on held-out images (and at ``precisions``: ``compare_precisions``; ``keep_model``: the
+    result holds the trained model and its held-out set too)."""
     from vocabseg.registry import get_spec
     preset, _, source = preset.partition("@")
     family = get_spec(preset).family
@@ -206,6 +259,9 @@ def learn(preset: str, work: Path, iterations: int, train_images: int = 512, see
     model.protocol = type(model.protocol)(**{**model.protocol.to_dict(), "short_side": SIZE, "max_side": 4 * SIZE})
     vocab = Vocabulary.resolve(cfg["data"]["vocabulary"]) if cfg["data"]["vocabulary"] else None
     result = evaluate(model, held_out, vocab=vocab, batch_size=8, workers=0, progress=False)
+    extra = {"precisions": compare_precisions(model, held_out, vocab, precisions)} if precisions else {}
+    if keep_model:
+        extra.update(trained=model, held_out=held_out, vocab=vocab)
     if vocab is not None:
         from vocabseg.engine.evaluation.subset import with_vocabulary
         held_out = with_vocabulary(held_out, vocab)
@@ -217,7 +273,7 @@ def learn(preset: str, work: Path, iterations: int, train_images: int = 512, see
             "miou": result["miou_gt"],
             "miou_any": result["miou_any"], "chance_random": rand, "chance_constant": const,
             "first_loss": json.loads(losses[0])["loss"], "last_loss": out["last_loss"],
-            "pq": result.get("pq", {}).get("all", {}).get("pq")}
+            "pq": result.get("pq", {}).get("all", {}).get("pq"), **extra}
 
 
 def calibrate(preset: str, minutes: float, train_images: int, seed: int) -> int:
@@ -243,21 +299,46 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny models gain little from more)")
+    ap.add_argument("--precisions", nargs="*", default=[], choices=["bf16", "int8"],
+                    help="also evaluate each trained model with its image side at these precisions: argmax "
+                         "agreement with fp32 and held-out mIoU difference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for preset in args.models or trainable_tiny_presets() + ["san-tiny@folder"]:
         iters = args.iterations or calibrate(preset, args.minutes, args.train_images, args.seed)
         with tempfile.TemporaryDirectory() as tmp:
-            r = learn(preset, Path(tmp), iters, args.train_images, args.seed)
+            r = learn(preset, Path(tmp), iters, args.train_images, args.seed, args.precisions)
         rows.append(r)
         print(f"{preset}: {iters} iterations, {r['minutes']:.1f} min, loss {r['first_loss']:.3f} -> "
               f"{r['last_loss']:.3f}, held-out mIoU {r['miou']:.1f}", flush=True)
+        for p in args.precisions:
+            print(f"  {p}: {precision_text(r['precisions'], p)}", flush=True)
     print("\n| model | iterations | minutes | held-out mIoU | chance: random | chance: constant |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['iterations']} | {r['minutes']:.1f} | {r['miou']:.1f} | "
               f"{r['chance_random']:.1f} | {r['chance_constant']:.1f} |")
+    if args.precisions:
+        print(f"\nCPU flags: {', '.join((*precision.cpu_flags(), *int8.cpu_flags())) or 'none'}; torch "
+              f"{torch.__version__}, {args.threads} thread(s)")
+        print("| model | precision | argmax = fp32 | mIoU fp32 | mIoU | difference (points) |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            for p in args.precisions:
+                m = r["precisions"][p]
+                cells = ("not native here", "", "", "") if m is None else (
+                    f"{100 * m['agreement']:.2f} %", f"{r['precisions']['fp32']:.2f}", f"{m['miou']:.2f}",
+                    f"{m['diff']:+.2f}")
+                print(f"| {r['model']} | {p} | " + " | ".join(cells) + " |")
+
+
+def precision_text(result: dict, p: str) -> str:
+    m = result[p]
+    if m is None:
+        return "not native here"
+    return (f"argmax = fp32 on {100 * m['agreement']:.2f} % of held-out pixels, mIoU {result['fp32']:.2f} -> "
+            f"{m['miou']:.2f} ({m['diff']:+.2f} points)")
 
 
 if __name__ == "__main__":
