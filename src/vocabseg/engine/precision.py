@@ -24,6 +24,7 @@ import torch
 from .. import bf16, speed
 from ..errors import UserError
 from . import cpu, int8
+from .agreement import MAX_MIOU_DROP, MEASURED, MIN_AGREEMENT, TRAINED, refusal  # noqa: F401
 from .inference.image import map_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -55,58 +56,6 @@ def native_bf16(device_type: str = "cpu") -> bool:
     if os.path.exists("/proc/cpuinfo"):
         return bool(cpu_flags())
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-MIN_AGREEMENT = 0.99      # share of pixels whose argmax must equal fp32's for a precision to be offered
-# Measured by ``python benchmarks/precision.py --threads 1 --runs 1 --no-text`` (random weights at the
-# published sizes, one 512x683 random-texture image, the preset's benchmark vocabulary): the share of
-# pixels whose argmax equals fp32's. A precision under MIN_AGREEMENT is refused for that preset;
-# the tiny presets are gated by TRAINED below; presets in neither (exported folders) are not gated.
-# 2026-12-03, AMD EPYC (avx512_bf16, avx512_vnni), torch 2.14.1, 1 thread.
-MEASURED = {
-    "maskclip-vit-b16": {"bf16": 0.9913, "int8": 0.9854},
-    "sclip-vit-b16": {"bf16": 0.9916, "int8": 0.9909},
-    "clearclip-vit-b16": {"bf16": 0.9946, "int8": 0.9892},
-    "naclip-vit-b16": {"bf16": 0.9985, "int8": 0.9981},
-    "segclip-vit-b16": {"bf16": 0.8914, "int8": 0.9237},
-    "san-vit-b16": {"bf16": 1.0, "int8": 1.0},
-    # same machine, later that day (load ~3): python benchmarks/precision.py --threads 1 --runs 1 --no-text
-    #   --models fcclip-convnext-l,catseg-vit-b16,proxyclip-vit-b16,naclip-vit-b16+resclip
-    "fcclip-convnext-l": {"bf16": 1.0, "int8": 1.0},
-    "catseg-vit-b16": {"bf16": 0.9535, "int8": 0.9455},
-    "proxyclip-vit-b16": {"bf16": 0.9358, "int8": 0.9688},
-    "naclip-vit-b16+resclip": {"bf16": 0.9997, "int8": 0.9997},
-}
-
-
-MAX_MIOU_DROP = 0.5      # held-out mIoU points a precision may lose against fp32 on a trained model
-# The tiny presets' trained models, as (share of held-out pixels whose argmax equals fp32's,
-# held-out mIoU drop from fp32 in points; negative: a gain). A precision under MIN_AGREEMENT or
-# losing more than MAX_MIOU_DROP is refused for that preset. Measured by
-# ``python benchmarks/learn_synthetic.py --precisions bf16 int8 --minutes 2 --threads 1`` (each model
-# trained ~2-5 min on synthetic scenes; held-out mIoU at fp32 39.8-81.6, chance 6.9-14.4; san-tiny:
-# the worse of its benchmark- and folder-source models), 2026-12-03, AMD EPYC (avx512_bf16,
-# avx512_vnni), torch 2.14.1, 1 thread, shared machine.
-TRAINED: dict[str, dict[str, tuple[float, float]]] = {
-    "catseg-tiny": {"bf16": (0.9966, -0.14), "int8": (0.9978, -0.01)},
-    "fcclip-tiny": {"bf16": (0.9991, -0.06), "int8": (0.9992, 0.19)},
-    "san-tiny": {"bf16": (0.9991, 0.03), "int8": (0.9995, 0.00)},
-    "segclip-tiny": {"bf16": (0.9973, 0.05), "int8": (0.9999, 0.00)},
-}
-
-
-def refusal(precision: str, preset: str | None) -> str | None:
-    """Why ``precision`` is not offered for ``preset`` (``MEASURED``, ``TRAINED``), or None."""
-    agree = MEASURED.get(preset or "", {}).get(precision)
-    if agree is not None and agree < MIN_AGREEMENT:
-        return (f"its argmax agreed with fp32 on only {100 * agree:.1f} % of pixels (measured with random weights; "
-                f"{100 * MIN_AGREEMENT:.0f} % needed)")
-    agree, drop = TRAINED.get(preset or "", {}).get(precision, (1.0, 0.0))
-    why = ([f"argmax agreed with fp32 on only {100 * agree:.2f} % of held-out pixels "
-            f"({100 * MIN_AGREEMENT:.0f} % needed)"] if agree < MIN_AGREEMENT else []) + \
-          ([f"held-out mIoU fell {drop:.2f} points below fp32's (at most {MAX_MIOU_DROP} allowed)"]
-           if drop > MAX_MIOU_DROP else [])
-    return "on the model benchmarks/learn_synthetic.py trains, its " + " and its ".join(why) if why else None
 
 
 def check_measured(precision: str, preset: str | None) -> None:
