@@ -10,9 +10,8 @@ MIN_AGREEMENT = 0.99      # share of pixels whose argmax must equal fp32's for a
 # Measured by ``python benchmarks/precision.py --threads 1 --runs 1 --no-text --models NAME,...`` (random
 # weights at the published sizes, one 512x683 random-texture image, the preset's benchmark
 # vocabulary): the share of pixels whose argmax equals fp32's. A precision under MIN_AGREEMENT is
-# refused for that preset (and for the presets STAND_IN maps to it); the tiny presets are gated by
-# TRAINED below; presets in none of them (exported folders) are not gated. Random weights leave
-# SegCLIP's, CAT-Seg's and some ProxyCLIP presets' class scores near-tied (score ranges 0.01-0.8
+# refused for that preset; the tiny presets are gated by TRAINED below; presets in neither
+# (exported folders) are not gated. Random weights leave SegCLIP's, CAT-Seg's and some ProxyCLIP presets' class scores near-tied (score ranges 0.01-0.8
 # against bf16 differences of 0.002-0.07), which is where they fall under 99 %.
 # 2026-12-03, AMD EPYC (avx512_bf16, avx512_vnni), torch 2.14.1, 1 thread, with the bf16 twin's
 # fused activations and ProxyCLIP's fp32 proxy attention.
@@ -36,10 +35,9 @@ MEASURED = {
     "proxyclip-vit-b16-dinov2l14": {"bf16": 0.9622, "int8": 0.9696},
     "proxyclip-vit-l14": {"bf16": 0.9825, "int8": 0.9788},
     "proxyclip-vit-l14-dinov2": {"bf16": 0.9396, "int8": 0.9640},
+    "proxyclip-vit-h14": {"bf16": 0.9941, "int8": 0.9931},
+    "proxyclip-vit-h14-dinov2": {"bf16": 0.9999, "int8": 0.9998},
 }
-# Presets not measured themselves (the largest, whose 1-thread runs take longest), gated by the
-# same method's measured preset named here.
-STAND_IN: dict[str, str] = {"proxyclip-vit-h14": "proxyclip-vit-l14", "proxyclip-vit-h14-dinov2": "proxyclip-vit-l14-dinov2"}
 
 
 MAX_MIOU_DROP = 0.5      # held-out mIoU points a precision may lose against fp32 on a trained model
@@ -59,12 +57,11 @@ TRAINED: dict[str, dict[str, tuple[float, float]]] = {
 
 
 def refusal(precision: str, preset: str | None) -> str | None:
-    """Why ``precision`` is not offered for ``preset`` (``MEASURED``, ``STAND_IN``, ``TRAINED``), or None."""
-    on = preset if preset in MEASURED else STAND_IN.get(preset or "")
-    agree = MEASURED.get(on or "", {}).get(precision)
+    """Why ``precision`` is not offered for ``preset`` (``MEASURED``, ``TRAINED``), or None."""
+    agree = MEASURED.get(preset or "", {}).get(precision)
     if agree is not None and agree < MIN_AGREEMENT:
-        return (f"its argmax agreed with fp32 on only {100 * agree:.1f} % of pixels (measured with random weights"
-                f"{'' if on == preset else ' on ' + on + ', the same method'}; {100 * MIN_AGREEMENT:.0f} % needed)")
+        return (f"its argmax agreed with fp32 on only {100 * agree:.1f} % of pixels (measured with random weights; "
+                f"{100 * MIN_AGREEMENT:.0f} % needed)")
     agree, drop = TRAINED.get(preset or "", {}).get(precision, (1.0, 0.0))
     why = ([f"argmax agreed with fp32 on only {100 * agree:.2f} % of held-out pixels "
             f"({100 * MIN_AGREEMENT:.0f} % needed)"] if agree < MIN_AGREEMENT else []) + \
