@@ -16,7 +16,8 @@ from vocabseg.export.runtime import OnnxImage
 from vocabseg.export.tree import flatten, mark_input_sides, unflatten
 from vocabseg.methods.trainingfree.model import DenseFeatures
 
-PRESETS = ["san-tiny", "fcclip-tiny", "segclip-tiny", "maskclip-tiny", "sclip-tiny", "clearclip-tiny", "naclip-tiny"]
+PRESETS = ["san-tiny", "fcclip-tiny", "segclip-tiny", "maskclip-tiny", "sclip-tiny", "clearclip-tiny", "naclip-tiny",
+           "catseg-tiny", "proxyclip-tiny", "sclip-tiny+resclip", "clearclip-tiny+resclip", "naclip-tiny+resclip"]
 QUICK = {"maskclip-tiny"}
 VOCAB = "cat; sofa, couch; potted plant; sky"
 
