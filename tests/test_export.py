@@ -16,7 +16,8 @@ from vocabseg.export.runtime import OnnxImage
 from vocabseg.export.tree import flatten, mark_input_sides, unflatten
 from vocabseg.methods.trainingfree.model import DenseFeatures
 
-PRESETS = ["san-tiny", "fcclip-tiny", "segclip-tiny", "maskclip-tiny", "sclip-tiny", "clearclip-tiny", "naclip-tiny"]
+PRESETS = ["san-tiny", "fcclip-tiny", "segclip-tiny", "maskclip-tiny", "sclip-tiny", "clearclip-tiny", "naclip-tiny",
+           "catseg-tiny", "proxyclip-tiny", "sclip-tiny+resclip", "clearclip-tiny+resclip", "naclip-tiny+resclip"]
 QUICK = {"maskclip-tiny"}
 VOCAB = "cat; sofa, couch; potted plant; sky"
 
@@ -109,3 +110,15 @@ def test_flatten_round_trip_with_input_sides():
     back = unflatten(spec, tensors, (64, 80))
     assert back["a"][1] == 3 and back["a"][0].features is tensors[0]
     assert (back["a"][0].size, back["a"][0].padded, back["a"][0].offset) == ((64, 80), (64, 80), (0, 0))
+
+
+@pytest.mark.slow
+def test_segclip_takes_its_hard_region_argmax_in_the_head(tmp_path):
+    export(load_model("segclip-tiny"), tmp_path / "exp")
+    onnx = vocabseg.load(tmp_path / "exp").model
+    session, _ = onnx.encode_image.session((64, 64))
+    assert [o.type for o in session.get_outputs()] == ["tensor(float)"] * 3      # soft, regions, image: continuous
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    feats = onnx.encode_image(x)
+    up = torch.nn.functional.interpolate(feats.soft, size=(64, 64), mode="bilinear", align_corners=False)
+    assert feats.size == (64, 64) and torch.equal(feats.assign, up.argmax(1))

@@ -88,7 +88,9 @@ def write_onnx(model, name: str, path: Path, size, dynamic: bool, ort):
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"{name} cannot be exported to ONNX: {first}") from None
     atomic_write(path, lambda f: program.save(f.name))
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()     # as many as PyTorch is given
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def check(session, model, size) -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn as nn
@@ -48,11 +49,18 @@ LOWER_LR = ("clip.visual.transformer.resblocks.", "clip.transformer.", "clip.ln_
 
 @dataclass
 class SegCLIPFeatures:
-    """Vocabulary-independent output of ``encode_image`` for B windows."""
-    assign: torch.Tensor    # LongTensor [B, H, W]: region of each pixel (argmax of the resized soft assignment)
+    """Vocabulary-independent output of ``encode_image`` for B windows. The pixels' regions
+    (``assign``, a hard argmax) are taken on first use rather than in ``encode_image``, so
+    an exported image side holds only continuous outputs (see the README's Export bullet)."""
     soft: torch.Tensor      # [B, L, h, w]: soft assignment on the patch grid
     regions: torch.Tensor   # [B, L, D]: unit-norm projected region embeddings
     image: torch.Tensor     # [B, D]: unit-norm projected image embedding
+    size: tuple[int, int]   # (H, W) of the window
+
+    @cached_property
+    def assign(self) -> torch.Tensor:
+        """LongTensor [B, H, W]: region of each pixel (argmax of the soft assignment resized bilinearly)."""
+        return F.interpolate(self.soft, size=tuple(self.size), mode="bilinear", align_corners=False).argmax(1)
 
 
 class SegCLIP(SegModel):
@@ -122,9 +130,8 @@ class SegCLIP(SegModel):
     def encode_image(self, images: torch.Tensor) -> SegCLIPFeatures:
         regions, image, _, soft, grid = self.visual(images, noise=False)
         soft = soft.reshape(soft.shape[0], soft.shape[1], *grid)
-        up = F.interpolate(soft, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return SegCLIPFeatures(up.argmax(1), soft, F.normalize(self.vit.head(regions), dim=-1),
-                               F.normalize(self.vit.head(image), dim=-1))
+        return SegCLIPFeatures(soft, F.normalize(self.vit.head(regions), dim=-1),
+                               F.normalize(self.vit.head(image), dim=-1), tuple(images.shape[-2:]))
 
     def groups(self, features: SegCLIPFeatures) -> torch.Tensor:
         """LongTensor [B, H, W]: the region (0..L-1) each pixel is assigned to."""
