@@ -11,8 +11,9 @@ MIN_AGREEMENT = 0.99      # share of pixels whose argmax must equal fp32's for a
 # weights at the published sizes, one 512x683 random-texture image, the preset's benchmark
 # vocabulary): the share of pixels whose argmax equals fp32's. A precision under MIN_AGREEMENT is
 # refused for that preset; the tiny presets are gated by TRAINED below; presets in neither
-# (exported folders) are not gated. Random weights leave SegCLIP's, CAT-Seg's and some ProxyCLIP presets' class scores near-tied (score ranges 0.01-0.8
-# against bf16 differences of 0.002-0.07), which is where they fall under 99 %.
+# (exported folders) are not gated. Random weights leave SegCLIP's, CAT-Seg's and some ProxyCLIP
+# presets' class scores near-tied (score ranges 0.01-0.8 against bf16 differences of 0.002-0.07),
+# which is where they fall under 99 %.
 # 2026-12-03, AMD EPYC (avx512_bf16, avx512_vnni), torch 2.14.1, 1 thread, with the bf16 twin's
 # fused activations and ProxyCLIP's fp32 proxy attention.
 MEASURED = {
