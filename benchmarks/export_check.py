@@ -58,17 +58,27 @@ def check(name, size, repeat, seed=0):
                 f"{t_onnx / t_eager:.2f} | {took:.0f} |")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("presets", nargs="*", help="default: every full-size preset")
+def image_options(p: argparse.ArgumentParser):
+    """--image / --threads / --seed, shared with export_ties.py."""
     p.add_argument("--image", default="512x683", help="image size HxW (default 512x683)")
-    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+
+
+def parse(p: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, tuple[int, int]]:
+    """Parsed arguments (torch's threads set from --threads) and the --image size."""
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = tuple(int(v) for v in args.image.lower().split("x"))
+    return args, tuple(int(v) for v in args.image.lower().split("x"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("presets", nargs="*", help="default: every full-size preset")
+    p.add_argument("--repeat", type=int, default=3)
+    image_options(p)
+    args, size = parse(p, argv)
     names = args.presets or [n for n, s in all_specs(include_test=False).items()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, image {size[0]}x{size[1]}, "
           f"random weights (seed {args.seed})\n")

@@ -23,6 +23,8 @@ from vocabseg.export.tree import flatten
 from vocabseg.registry import get_spec
 from vocabseg.vocab import Vocabulary
 
+from export_check import image_options, parse     # run as a script: benchmarks/ is on sys.path
+
 VOCAB = "wall; floor; ceiling; bed; window; cabinet; person; door; table; plant"
 
 
@@ -39,13 +41,8 @@ def outputs(feats) -> list[torch.Tensor]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("preset", nargs="?", default="segclip-vit-b16")
-    p.add_argument("--image", default="512x683", help="image size HxW (default 512x683)")
-    p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    size = tuple(int(v) for v in args.image.lower().split("x"))
+    image_options(p)
+    args, size = parse(p, argv)
     img = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
     x = torch.from_numpy(img).permute(2, 0, 1).float() / 255
     torch.manual_seed(args.seed)
