@@ -1,4 +1,4 @@
-"""The bf16 twin's fusions (``engine.bf16``): an MLP's first linear layer and its GELU /
+"""The bf16 twin's fusions (``vocabseg.bf16``): an MLP's first linear layer and its GELU /
 QuickGELU run as one oneDNN matmul, and timm's attention calls run as ``speed.attention``;
 both compute the fp32 formula to bf16 rounding and leave the model itself untouched."""
 from collections import OrderedDict

@@ -114,7 +114,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     kt = (k * (q.shape[-1] ** -0.5)).contiguous().transpose(-2, -1)
     out = q.new_empty(*torch.broadcast_shapes(q.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1])
     n = q.shape[-2]
-    step = max(ATTENTION_ROWS, ATTENTION_BLOCK // (out.numel() // out.shape[-1] // n * k.shape[-2]) // 16 * 16)
+    matrices = out.numel() // (n * out.shape[-1])               # batch x heads
+    step = max(ATTENTION_ROWS, ATTENTION_BLOCK // (matrices * k.shape[-2]) // 16 * 16)
     for i in range(0, n, step):
         scores = torch.matmul(q[..., i:i + step, :], kt)
         if attn_mask is not None:
@@ -129,7 +130,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
 class FusedLinear(nn.Linear):
     """A bf16 twin's linear layer with the activation after it (``post``: "gelu" exact, or
     "swish" x * sigmoid(x)) applied by oneDNN to the fp32 accumulator before the one bf16
-    rounding (``engine.bf16.fuse_activations``); elsewhere the layer then the activation."""
+    rounding (``vocabseg.bf16.fuse_activations``); elsewhere the layer then the activation."""
 
     post = "gelu"
 

@@ -7,7 +7,7 @@ low precision (``image_side``); its outputs are cast back to fp32, so the head
 (``classify`` / ``classify_at`` / ``image_stats`` / ``finalize``: the final
 classification, the mask -> semantic sums, softmaxes) runs in fp32 on fp32 inputs.
 
-bf16 on CPU runs the model's bf16 twin (``engine.bf16``: bf16 weights, fp32 norms,
+bf16 on CPU runs the model's bf16 twin (``vocabseg.bf16``: bf16 weights, fp32 norms,
 fused MLP activations) under bf16 autocast, with the attention calls of code we do not
 own routed to ``speed.attention`` (``speed.BlockedAttention``).
 Elsewhere (CUDA, fp16) the image side runs under autocast. int8 (CPU with VNNI / AMX)
